@@ -1,0 +1,250 @@
+"""Training: one LightningModule wraps the shared model and an objective; the Trainer owns
+the loop, precision, devices, checkpoints and logs.
+
+Budgets are in training tokens (batch × block × devices per step), identical for every
+objective, so objectives compare on equal data. Objectives that declare `warm_start` train
+with plain MLE for the first `warm_start_fraction` of that budget, then switch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from beyondmle.model import GPT, ModelConfig
+from beyondmle.tokenization import Tokenizer, tokenizer_from_json
+from objectives import Optimizers, SpecialTokens, TrainingState, get_objective, token_nll
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The spec's `[training]` table. `precision` is Lightning's (`bf16-mixed`, `32-true`);
+    `accelerator`, `devices` and `strategy` go to the Trainer unchanged, so the same spec runs on
+    CPU or GPUs."""
+
+    budget_tokens: int = 1_000_000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_fraction: float = 0.02
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    precision: str = "bf16-mixed"
+    val_every_steps: int = 200
+    checkpoint_every_steps: int = 200
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+
+    def tokens_per_step(self, block_size: int) -> int:
+        return self.batch_size * block_size * self.devices
+
+    def total_steps(self, block_size: int) -> int:
+        return max(1, self.budget_tokens // self.tokens_per_step(block_size))
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ObjectiveModule(L.LightningModule):
+    """The shared GPT trained under one objective. The model is `self.model`; the objective and
+    any modules it owns (a discriminator, a reward model) are `self.objective`."""
+
+    def __init__(
+        self,
+        model_config: dict,
+        objective: str,
+        objective_settings: dict,
+        training: dict,
+        special: dict,
+        tokenizer_json: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer_json"])
+        self.model_config = ModelConfig(**model_config)
+        self.training_config = TrainingConfig(**training)
+        self.model = GPT(self.model_config)
+        cls = get_objective(objective)
+        settings = cls.Settings(**objective_settings)
+        self.objective = cls(settings, self.model_config, SpecialTokens(**special))
+        self.automatic_optimization = not cls.manual_optimization
+        self.tokenizer_json = tokenizer_json
+        self.total_steps = self.training_config.total_steps(self.model_config.block_size)
+        self.warm_steps = int(settings.warm_start_fraction * self.total_steps)
+        # Optimizer updates of the model so far; Lightning's global_step counts every optimizer
+        # of a manual step, so the budget is tracked here and saved with the checkpoint.
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+    def on_fit_start(self) -> None:
+        path = self.objective.settings.warm_start_checkpoint
+        if path and int(self.steps_done) == 0:
+            model, _, _ = load_model(path, map_location=str(self.device))
+            self.model.load_state_dict(model.state_dict())
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        step = int(self.steps_done)
+        in_warm_start = step < self.warm_steps
+        own_steps = max(1, self.total_steps - self.warm_steps)
+        state = TrainingState(step=step, progress=max(0.0, (step - self.warm_steps) / own_steps))
+        if in_warm_start:
+            loss = token_nll(self.model(batch[:, :-1]), batch[:, 1:])
+            logs: dict = {"nll": loss.detach()}
+        elif self.automatic_optimization:
+            out = self.objective.loss(self.model, batch, state)
+            loss, logs = out.loss, out.logs
+        else:
+            loss = None
+            logs = self.objective.manual_step(self.model, batch, state, Optimizers(self._manual))
+        if in_warm_start and not self.automatic_optimization:
+            self._manual("model", loss)
+        self.steps_done += 1
+        self._log_step(loss, logs, batch.size(0))
+        return loss if self.automatic_optimization else None
+
+    def _log_step(self, loss: torch.Tensor | None, logs: dict, batch_size: int) -> None:
+        tokens = int(self.steps_done) * self.training_config.tokens_per_step(
+            self.model_config.block_size
+        )
+        values = {f"train/{k}": v for k, v in logs.items()}
+        if loss is not None:
+            values["train/loss"] = loss.detach()
+        values["train/tokens"] = float(tokens)
+        self.log_dict(values, prog_bar=False, batch_size=batch_size)
+        if loss is not None:
+            self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=batch_size)
+
+    def _manual(self, name: str, loss: torch.Tensor) -> None:
+        """One update of optimizer `name` under manual optimization (see `Optimizers`)."""
+        names = ["model", *self._extra_names]
+        opts = self.optimizers()
+        opt = opts[names.index(name)] if isinstance(opts, list) else opts
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        clip = self.training_config.grad_clip
+        if clip:
+            self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        opt.step()
+        if name == "model":
+            scheduler = self.lr_schedulers()
+            (scheduler[0] if isinstance(scheduler, list) else scheduler).step()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        loss = token_nll(self.model(batch[:, :-1]), batch[:, 1:])
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch.size(0))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if int(self.steps_done) >= self.total_steps:
+            self.trainer.should_stop = True
+
+    def configure_optimizers(self):
+        cfg = self.training_config
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+        )
+        warmup = max(1, int(cfg.warmup_fraction * self.total_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: cosine_with_warmup(s, self.total_steps, warmup, cfg.min_lr_ratio),
+        )
+        extra = self.objective.configure_optimizers(cfg.lr, cfg.weight_decay)
+        if "model" in extra:
+            raise ValueError(f"objective {self.hparams.objective!r} names an optimizer 'model'")
+        self._extra_names = list(extra)
+        if self.automatic_optimization:
+            if extra:
+                raise ValueError(
+                    f"objective {self.hparams.objective!r} owns optimizers {list(extra)}; "
+                    "objectives with several optimizers must set manual_optimization = True"
+                )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
+        return [optimizer, *extra.values()], [scheduler]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer"] = self.tokenizer_json
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokenizer_json = checkpoint.get("tokenizer")
+
+
+class ProgressLog(Callback):
+    """Calls `report(done, total)` after every training step, for progress across a matrix."""
+
+    def __init__(self, report) -> None:
+        self.report = report
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.report(int(module.steps_done), module.total_steps)
+
+
+def build_trainer(
+    config: TrainingConfig,
+    out_dir: Path,
+    manual_optimization: bool,
+    callbacks: list[Callback] = (),
+    enable_progress_bar: bool = True,
+) -> L.Trainer:
+    """A Trainer that stops on the token budget (the module sets `should_stop`), keeps a
+    resumable `checkpoints/last.ckpt` and writes CSV logs to `logs/`."""
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=config.checkpoint_every_steps,
+    )
+    return L.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        precision=config.precision,
+        max_epochs=-1,
+        max_steps=-1,
+        gradient_clip_val=None if manual_optimization else (config.grad_clip or None),
+        val_check_interval=config.val_every_steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        logger=CSVLogger(out_dir, name="logs", version=""),
+        callbacks=[checkpoint, *callbacks],
+        enable_progress_bar=enable_progress_bar,
+        enable_model_summary=False,
+        default_root_dir=out_dir,
+    )
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> tuple[GPT, Tokenizer, dict]:
+    """The shared model, its tokenizer and the checkpoint's hyperparameters, from a checkpoint
+    written by training. The objective's own modules are not needed to generate, so they are
+    dropped."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    hparams = ckpt["hyper_parameters"]
+    model = GPT(ModelConfig(**hparams["model_config"]))
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    model.eval()
+    if ckpt.get("tokenizer") is None:
+        raise ValueError(f"checkpoint {path} holds no tokenizer")
+    return model, tokenizer_from_json(ckpt["tokenizer"]), hparams
