@@ -2,6 +2,7 @@
 
 from objectives.base import (
     Objective,
+    ObjectiveDiverged,
     ObjectiveOutput,
     ObjectiveSettings,
     Optimizers,
@@ -13,6 +14,7 @@ from objectives.registry import available_objectives, get_objective, register_ob
 
 __all__ = [
     "Objective",
+    "ObjectiveDiverged",
     "ObjectiveOutput",
     "ObjectiveSettings",
     "Optimizers",

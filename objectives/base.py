@@ -31,6 +31,12 @@ from torch import nn
 from beyondmle.model import GPT, ModelConfig
 
 
+class ObjectiveDiverged(RuntimeError):
+    """Raised by an objective that detects a collapsed or diverged run (a NaN loss, a
+    discriminator that wins outright, a generator that emits one token). The runner records the
+    cell as failed with this message instead of evaluating garbage."""
+
+
 @dataclass(frozen=True)
 class SpecialTokens:
     """Ids of the special tokens every tokenizer reserves, for objectives that need them."""
