@@ -1,0 +1,337 @@
+"""The results database: `DIR/results.sqlite`, the one place the report reads from.
+
+SQLite in WAL mode, one transaction per finished step, so after a kill every row belongs to a
+finished step. Several runner processes on one machine may share a directory: a cell is claimed
+in a transaction before it runs, so no two runners run the same cell. Across machines SQLite on
+a network filesystem is unsafe (its locks and WAL need one host), so each machine writes its own
+directory and `merge` combines them, idempotently.
+
+Tables:
+- `runs`: one row per `beyondmle run` invocation: the spec, versions, git commit, host, times.
+- `cells`: one row per trained model: id (a hash of the resolved config), the config as JSON,
+  corpus / objective label / seed, status (`pending`, `running`, `done`, `failed`), the claim,
+  times and the error text of a failed cell.
+- `steps`: the finished steps of a cell (`train`, `likelihood`, `decode:<decoding label>`).
+- `metrics`: long form, one value per (cell, decoding, metric); decoding is `''` for metrics
+  that do not depend on decoding (perplexity, rep/wrep). Each value carries the fingerprint of
+  its metric settings and an optional warning.
+- `fingerprints`: what a fingerprint stands for (metric, version, settings JSON).
+- `artifacts`: files of a cell, by kind (`checkpoint`, `samples`, `train_log`), with paths
+  relative to the results directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    spec_path TEXT NOT NULL,
+    spec_text TEXT NOT NULL,
+    git_commit TEXT,
+    versions TEXT NOT NULL,
+    host TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cells (
+    id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    corpus TEXT NOT NULL,
+    objective TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    claimed_by TEXT,
+    heartbeat REAL,
+    started_at REAL,
+    finished_at REAL,
+    train_seconds REAL,
+    error TEXT,
+    run_id TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    cell_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    finished_at REAL NOT NULL,
+    PRIMARY KEY (cell_id, name)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    cell_id TEXT NOT NULL,
+    corpus TEXT NOT NULL,
+    objective TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    decoding TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    fingerprint TEXT NOT NULL,
+    warning TEXT,
+    PRIMARY KEY (cell_id, decoding, metric)
+);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    fingerprint TEXT PRIMARY KEY,
+    metric TEXT NOT NULL,
+    version TEXT NOT NULL,
+    settings TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    cell_id TEXT NOT NULL,
+    decoding TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (cell_id, decoding, kind)
+);
+"""
+
+# A running cell whose heartbeat is older than this is taken to belong to a dead runner.
+STALE_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    decoding: str
+    metric: str
+    value: float | None
+    fingerprint: str
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class FingerprintRow:
+    fingerprint: str
+    metric: str
+    version: str
+    settings: dict
+
+
+class ResultsDB:
+    """A results directory's database. Every write is one short transaction."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "results.sqlite"
+        self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA busy_timeout=60000")
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+            self.conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """`BEGIN IMMEDIATE` takes the write lock up front, so concurrent runners queue."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # runs
+    def start_run(
+        self, run_id: str, spec_path: str, spec_text: str, git_commit: str | None, versions: dict
+    ) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO runs VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    time.time(),
+                    spec_path,
+                    spec_text,
+                    git_commit,
+                    json.dumps(versions),
+                    socket.gethostname(),
+                ),
+            )
+
+    def finish_run(self, run_id: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET finished_at = ? WHERE run_id = ?", (time.time(), run_id))
+
+    # cells
+    def register_cell(
+        self, cell_id: str, config: dict, corpus: str, objective: str, seed: int
+    ) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO cells (id, config, corpus, objective, seed, status) "
+                "VALUES (?, ?, ?, ?, ?, 'pending')",
+                (cell_id, json.dumps(config, sort_keys=True), corpus, objective, seed),
+            )
+
+    def claim(self, cell_id: str, worker: str, retry_failed: bool = False) -> bool:
+        """Mark a cell running for `worker` unless it is done, failed (unless retried) or
+        running under a live claim. True when this worker got it."""
+        with self.transaction() as c:
+            row = c.execute(
+                "SELECT status, claimed_by, heartbeat FROM cells WHERE id = ?", (cell_id,)
+            ).fetchone()
+            if row is None or row["status"] == "done":
+                return False
+            if row["status"] == "failed" and not retry_failed:
+                return False
+            live = row["heartbeat"] is not None and time.time() - row["heartbeat"] < STALE_SECONDS
+            if row["status"] == "running" and row["claimed_by"] != worker and live:
+                return False
+            c.execute(
+                "UPDATE cells SET status = 'running', claimed_by = ?, heartbeat = ?, "
+                "started_at = COALESCE(started_at, ?), error = NULL WHERE id = ?",
+                (worker, time.time(), time.time(), cell_id),
+            )
+            return True
+
+    def heartbeat(self, cell_id: str, worker: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE cells SET heartbeat = ? WHERE id = ? AND claimed_by = ?",
+                (time.time(), cell_id, worker),
+            )
+
+    def release(self, cell_id: str) -> None:
+        """Give a claimed cell back unfinished (the runner was interrupted)."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE cells SET status = 'pending', claimed_by = NULL, heartbeat = NULL "
+                "WHERE id = ? AND status = 'running'",
+                (cell_id,),
+            )
+
+    def finish_cell(self, cell_id: str, run_id: str, train_seconds: float | None) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE cells SET status = 'done', finished_at = ?, run_id = ?, "
+                "train_seconds = COALESCE(?, train_seconds), claimed_by = NULL WHERE id = ?",
+                (time.time(), run_id, train_seconds, cell_id),
+            )
+
+    def fail_cell(self, cell_id: str, run_id: str, error: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE cells SET status = 'failed', finished_at = ?, run_id = ?, error = ?, "
+                "claimed_by = NULL WHERE id = ?",
+                (time.time(), run_id, error, cell_id),
+            )
+
+    def cell_status(self, cell_id: str) -> str | None:
+        row = self.conn.execute("SELECT status FROM cells WHERE id = ?", (cell_id,)).fetchone()
+        return None if row is None else row["status"]
+
+    # steps, metrics and artifacts
+    def step_done(self, cell_id: str, name: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM steps WHERE cell_id = ? AND name = ?", (cell_id, name)
+        ).fetchone()
+        return row is not None
+
+    def record_step(
+        self,
+        cell_id: str,
+        name: str,
+        metrics: list[MetricRow] = (),
+        fingerprints: list[FingerprintRow] = (),
+        artifacts: dict[tuple[str, str], str] | None = None,
+        train_seconds: float | None = None,
+    ) -> None:
+        """Write a finished step with all its rows in one transaction: all or nothing."""
+        with self.transaction() as c:
+            cell = c.execute(
+                "SELECT corpus, objective, seed FROM cells WHERE id = ?", (cell_id,)
+            ).fetchone()
+            for f in fingerprints:
+                c.execute(
+                    "INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?, ?)",
+                    (f.fingerprint, f.metric, f.version, json.dumps(f.settings, sort_keys=True)),
+                )
+            for m in metrics:
+                c.execute(
+                    "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        cell_id,
+                        cell["corpus"],
+                        cell["objective"],
+                        cell["seed"],
+                        m.decoding,
+                        m.metric,
+                        m.value,
+                        m.fingerprint,
+                        m.warning,
+                    ),
+                )
+            for (decoding, kind), path in (artifacts or {}).items():
+                c.execute(
+                    "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)",
+                    (cell_id, decoding, kind, path),
+                )
+            if train_seconds is not None:
+                c.execute(
+                    "UPDATE cells SET train_seconds = ? WHERE id = ?", (train_seconds, cell_id)
+                )
+            c.execute("INSERT OR REPLACE INTO steps VALUES (?, ?, ?)", (cell_id, name, time.time()))
+            c.execute("UPDATE cells SET heartbeat = ? WHERE id = ?", (time.time(), cell_id))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a temporary sibling, fsync, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+_MERGED_TABLES = ("runs", "cells", "steps", "metrics", "fingerprints", "artifacts")
+
+
+def merge(destination: str | Path, sources: list[str | Path]) -> ResultsDB:
+    """Copy the rows and cell artifacts of other results directories into `destination`.
+
+    Idempotent: rows already there are kept (a finished cell beats an unfinished one), and
+    artifacts already copied are not copied again.
+    """
+    db = ResultsDB(destination)
+    for source in sources:
+        source = Path(source)
+        if source.resolve() == db.directory.resolve():
+            continue
+        if not (source / "results.sqlite").exists():
+            raise FileNotFoundError(f"{source} is not a results directory (no results.sqlite)")
+        db.conn.execute("ATTACH DATABASE ? AS src", (str(source / "results.sqlite"),))
+        with db.transaction() as c:
+            c.execute(
+                "DELETE FROM cells WHERE status != 'done' AND id IN "
+                "(SELECT id FROM src.cells WHERE status = 'done')"
+            )
+            for table in _MERGED_TABLES:
+                c.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM src.{table}")
+        db.conn.execute("DETACH DATABASE src")
+        for cell_dir in sorted((source / "cells").glob("*")):
+            target = db.directory / "cells" / cell_dir.name
+            if not target.exists():
+                shutil.copytree(cell_dir, target)
+    return db
