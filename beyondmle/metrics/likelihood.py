@@ -1,0 +1,131 @@
+"""Likelihood metrics: perplexity, bits per byte and the NLL of human continuations.
+
+One definition throughout. The held-out split is one token stream (documents joined by
+`<eos>`). Every token after the first is scored exactly once, with as much left context as the
+model's window allows: windows of `block_size` tokens advance by `stride`, and each window
+scores only the tokens that no earlier window scored (the sliding-window evaluation of
+Press et al. 2021, "Shortformer", §3; stride = block_size gives disjoint blocks).
+
+- NLL = the sum of −ln p(token | context) over the scored tokens, in nats.
+- Perplexity per token = exp(NLL / scored tokens).
+- Perplexity per word = exp(NLL / words), words = whitespace words + one `<eos>` per document,
+  Mikolov et al.'s PTB convention; on PTB's word-level vocabulary it equals the per-token value.
+- Bits per byte = NLL / (ln 2 · UTF-8 bytes of the scored text), which does not depend on the
+  tokenizer (Gao et al. 2020, "The Pile", §4.1).
+The first token of the stream has no context and is not scored; its share of words and bytes is
+negligible and is kept, so that the per-word and per-byte figures cover the whole split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """Summed NLL (nats) over `tokens` scored tokens, with the split's words and bytes."""
+
+    nll: float
+    tokens: int
+    words: int | None = None
+    bytes: int | None = None
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / self.tokens)
+
+    @property
+    def perplexity_per_word(self) -> float | None:
+        return None if not self.words else math.exp(self.nll / self.words)
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        return None if not self.bytes else self.nll / (math.log(2) * self.bytes)
+
+
+def _windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, first scored position) of each window; targets are positions 1..n-1."""
+    out, scored_to, start = [], 1, 0
+    while scored_to < n:
+        end = min(start + block_size + 1, n)  # inputs start..end-2, targets start+1..end-1
+        out.append((start, end, scored_to))
+        scored_to = end
+        start += stride
+    return out
+
+
+@torch.no_grad()
+def perplexity(
+    model: torch.nn.Module,
+    tokens: list[int] | torch.Tensor,
+    block_size: int,
+    *,
+    stride: int | None = None,
+    words: int | None = None,
+    num_bytes: int | None = None,
+    batch_size: int = 32,
+) -> Likelihood:
+    """Score a held-out token stream with `model` (idx (B, T) -> logits (B, T, V)).
+
+    `stride` defaults to block_size // 2, so every token but those of the first window sees at
+    least half a window of context.
+    """
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    n = tokens.numel()
+    if n < 2:
+        raise ValueError("perplexity needs at least 2 tokens")
+    stride = stride or max(1, block_size // 2)
+    if not 0 < stride <= block_size:
+        raise ValueError(f"stride must be in (0, block_size={block_size}], got {stride}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    nll, scored = 0.0, 0
+    windows = _windows(n, block_size, stride)
+    for i in range(0, len(windows), batch_size):
+        group = windows[i : i + batch_size]
+        width = max(end - start for start, end, _ in group)
+        inputs = torch.zeros(len(group), width - 1, dtype=torch.long)
+        targets = torch.full((len(group), width - 1), -100, dtype=torch.long)
+        for row, (start, end, first) in enumerate(group):
+            inputs[row, : end - start - 1] = tokens[start : end - 1]
+            keep = slice(first - start - 1, end - start - 1)
+            targets[row, keep] = tokens[first:end]
+        logits = model(inputs.to(device)).float()
+        loss = F.cross_entropy(
+            logits.flatten(0, 1), targets.to(device).flatten(), ignore_index=-100, reduction="sum"
+        )
+        nll += loss.item()
+        scored += int((targets != -100).sum())
+    model.train(was_training)
+    return Likelihood(nll=nll, tokens=scored, words=words, bytes=num_bytes)
+
+
+@torch.no_grad()
+def continuation_scores(
+    model: torch.nn.Module, prompts: torch.Tensor, continuations: torch.Tensor, batch_size: int = 64
+) -> tuple[Likelihood, torch.Tensor]:
+    """Teacher-forced pass over prompt + human continuation.
+
+    Returns the NLL of the continuations given their prompts, and the model's argmax next-token
+    predictions at each continuation position (N, m), for rep / wrep / uniq (Welleck et al. 2020,
+    §6).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    k = prompts.size(1)
+    nll, predictions = 0.0, []
+    for i in range(0, prompts.size(0), batch_size):
+        seq = torch.cat([prompts[i : i + batch_size], continuations[i : i + batch_size]], 1)
+        seq = seq.to(device)
+        logits = model(seq[:, :-1]).float()[:, k - 1 :]  # predictions of the continuation
+        target = seq[:, k:]
+        nll += F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum").item()
+        predictions.append(logits.argmax(-1).cpu())
+    model.train(was_training)
+    return Likelihood(nll=nll, tokens=continuations.numel()), torch.cat(predictions)
