@@ -1,0 +1,259 @@
+"""Unlikelihood training: push probability away from tokens that make text repetitive.
+
+Welleck et al. 2020, "Neural Text Generation with Unlikelihood Training" (ICLR). Next to the
+likelihood of the data, the model is trained to make a set of *negative candidates* unlikely,
+with the unlikelihood loss -log(1 - p(c | x_<t)) of each candidate c (§3, Eq. 4):
+
+- token level (§5.1): the candidates at step t are the previous context tokens,
+  C_t = {x_1, ..., x_{t-1}} \\ {x_t}, added to the MLE loss with weight `alpha` (Eq. 5);
+- sequence level (§5.2): the model greedily continues prefixes of the data, and each token of
+  its continuation that belongs to an n-gram already produced earlier in that continuation
+  (C_t^{repeat-n}, Eq. 7) is a candidate. The paper fine-tunes with this loss, choosing per
+  update between the sequence-level and the token-level loss; here that mixing happens in the
+  last `sequence_fraction` of the objective's token budget.
+
+Losses are normalised as in the authors' code (facebookresearch/unlikelihood_training,
+`custom/candidate_penalty_ce_loss.py` and `custom/sequence_penalty_loss.py`); where this module
+departs from that code it says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.model import GPT
+from objectives.base import Objective, ObjectiveOutput, ObjectiveSettings, TrainingState, token_nll
+from objectives.registry import register_objective
+
+# Floors of 1 - p before the log, as in the authors' code: 1e-5 at token level
+# (candidate_penalty_ce_loss.py), 1e-20 at sequence level (sequence_penalty_loss.py). They keep
+# the loss finite when p(candidate) -> 1 (where 1 - p rounds to 0).
+TOKEN_MIN_ONE_MINUS_P = 1e-5
+SEQUENCE_MIN_ONE_MINUS_P = 1e-20
+
+# Salt of the per-step generator that picks sequence- or token-level updates.
+_SCHEDULE_SALT = 0x554C_5345  # "ULSE"
+
+
+@dataclass(frozen=True)
+class UnlikelihoodSettings(ObjectiveSettings):
+    """Settings of unlikelihood training (Welleck et al. 2020).
+
+    - `alpha`: weight of the token-level unlikelihood term (§5.1, Eq. 5; the paper uses 1.0).
+      0 gives plain MLE for the token-level updates.
+    - `sequence_fraction`: share of the objective's token budget, at its end, during which
+      updates may be sequence-level (§5.2); 0 disables sequence-level training.
+    - `sequence_prob`: during that share, probability that an update is sequence-level rather
+      than token-level (§6.2: 0.5).
+    - `prefix_len`: length of the data prefixes that the model continues (§6.2: 50).
+    - `continuation_len`: greedy continuation length (§6.2: 100). When prefix plus continuation
+      exceed the model's context, both are scaled down in the same ratio to fit it.
+    - `ngram`: n of the repeated n-grams whose tokens are sequence-level candidates (§5.2:
+      n = 4).
+    """
+
+    alpha: float = 1.0
+    sequence_fraction: float = 0.25
+    sequence_prob: float = 0.5
+    prefix_len: int = 50
+    continuation_len: int = 100
+    ngram: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.alpha < float("inf"):
+            raise ValueError(f"alpha must be in [0, inf), got {self.alpha}")
+        if not 0.0 <= self.sequence_fraction <= 1.0:
+            raise ValueError(f"sequence_fraction must be in [0, 1], got {self.sequence_fraction}")
+        if not 0.0 <= self.sequence_prob <= 1.0:
+            raise ValueError(f"sequence_prob must be in [0, 1], got {self.sequence_prob}")
+        for name in ("prefix_len", "continuation_len", "ngram"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer in [1, inf), got {value!r}")
+
+
+def token_candidates(targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Token-level negative candidates (§5.1) as a boolean mask (B, T, V).
+
+    `mask[b, t, c]` is true when token c occurs among the earlier targets `targets[b, :t]` and
+    differs from the target `targets[b, t]`; each candidate counts once however often it
+    occurred. As in the authors' code this is "the triangle" over the targets (their strictly
+    lower-triangular matrix, then removing the current target), so the block's first input
+    token, which is never a target, is not a candidate. Unlike that code the padding column is
+    never marked: their triangle fills its upper part with the padding id and so penalises
+    p(pad) at every position, which here would be a real token.
+    """
+    B, T = targets.shape
+    ctx = targets[:, None, :].expand(B, T, T)  # ctx[b, t, j] = targets[b, j]
+    earlier = torch.ones(T, T, dtype=torch.bool, device=targets.device).tril(-1)  # j < t
+    keep = earlier & (ctx != targets[:, :, None])
+    index = torch.where(keep, ctx, vocab_size)  # non-candidates go to a spare column V
+    mask = torch.zeros(B, T, vocab_size + 1, dtype=torch.bool, device=targets.device)
+    mask.scatter_(2, index, True)
+    return mask[..., :vocab_size]
+
+
+def repeated_ngram_starts(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """Booleans (B, length - n + 1): whether the n-gram starting at j of a row equals an n-gram
+    starting earlier in that row. Empty (B, 0) when rows are shorter than n.
+    """
+    B, length = tokens.shape
+    if length < n:
+        return torch.zeros(B, 0, dtype=torch.bool, device=tokens.device)
+    grams = tokens.unfold(1, n, 1)  # (B, G, n)
+    same = (grams[:, :, None, :] == grams[:, None, :, :]).all(-1)  # (B, G, G): gram i == gram j
+    G = grams.size(1)
+    earlier = torch.ones(G, G, dtype=torch.bool, device=tokens.device).triu(1)  # i < j
+    return (same & earlier).any(1)
+
+
+def repeat_ngram_candidates(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """Sequence-level candidates C^{repeat-n} (§5.2, Eq. 7) as a boolean mask (B, L).
+
+    A token is a candidate when it lies inside an n-gram that equals an n-gram starting earlier
+    in the same continuation; all n tokens of such an n-gram are marked, as in the authors'
+    `ngram_repeat_mask`. That function loops `range(len(x) - n)` and so never checks the last
+    n-gram; here every n-gram is checked, as Eq. 7 defines.
+    """
+    repeated = repeated_ngram_starts(tokens, n)  # (B, G)
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    G = repeated.size(1)
+    for k in range(n if G else 0):  # token j + k belongs to the n-gram starting at j
+        mask[:, k : k + G] |= repeated
+    return mask
+
+
+def seq_rep(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """seq-rep-n (§6) of each row: share of its n-grams that repeat an earlier one (0 if none).
+
+    Equals 1 - |unique n-grams| / |n-grams|, the paper's definition.
+    """
+    repeated = repeated_ngram_starts(tokens, n)
+    if repeated.size(1) == 0:
+        return torch.zeros(tokens.size(0), device=tokens.device)
+    return repeated.float().mean(1)
+
+
+def one_minus_p_nll(log_probs: torch.Tensor, floor: float) -> torch.Tensor:
+    """-log(1 - p), with 1 - p clamped from below at `floor` as in the authors' code."""
+    return -torch.log(torch.clamp(1.0 - log_probs.exp(), min=floor))
+
+
+@register_objective("unlikelihood")
+class Unlikelihood(Objective):
+    """Token-level unlikelihood (§5.1) throughout, mixed with sequence-level unlikelihood
+    (§5.2) in the last `sequence_fraction` of the budget. See the module docstring."""
+
+    Settings = UnlikelihoodSettings
+
+    def loss(self, model: GPT, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
+        if self.is_sequence_step(state):
+            return self.sequence_loss(model, batch)
+        return self.token_loss(model, batch)
+
+    def is_sequence_step(self, state: TrainingState) -> bool:
+        """Whether this step is a sequence-level update: within the last `sequence_fraction` of
+        the budget, with probability `sequence_prob` drawn from a generator seeded by the step,
+        so a run (and every device of a distributed one) makes the same choices."""
+        s = self.settings
+        if s.sequence_fraction <= 0.0 or state.progress < 1.0 - s.sequence_fraction:
+            return False
+        generator = torch.Generator().manual_seed(_SCHEDULE_SALT + state.step)
+        return bool(torch.rand((), generator=generator) < s.sequence_prob)
+
+    def token_loss(self, model: GPT, batch: torch.Tensor) -> ObjectiveOutput:
+        """MLE + alpha * token-level unlikelihood (§5.1, Eq. 5).
+
+        As in the authors' `candidate_penalty_ce_loss`, both terms are sums over the tokens
+        divided by the number of target tokens: the MLE mean plus alpha times the summed
+        -log(1 - p(c)) over all candidates of all positions, divided by B * T.
+        """
+        targets = batch[:, 1:]
+        logits = model(batch[:, :-1])  # (B, T, V)
+        nll = token_nll(logits, targets)
+        logs: dict[str, float | torch.Tensor] = {"nll": nll.detach()}
+        if self.settings.alpha == 0.0:
+            logs.update(alpha_term=0.0, sequence_update=0.0)
+            return ObjectiveOutput(loss=nll, logs=logs)
+        candidates = token_candidates(targets, logits.size(-1))
+        log_probs = logits.float().log_softmax(-1)
+        penalty = one_minus_p_nll(log_probs, TOKEN_MIN_ONE_MINUS_P)
+        ul = torch.where(candidates, penalty, 0.0).sum() / targets.numel()
+        alpha_term = self.settings.alpha * ul
+        logs.update(
+            ul_token=ul.detach(),
+            alpha_term=alpha_term.detach(),
+            candidates_per_token=candidates.sum() / targets.numel(),
+            sequence_update=0.0,
+        )
+        return ObjectiveOutput(loss=nll + alpha_term, logs=logs)
+
+    def lengths(self, batch_width: int) -> tuple[int, int]:
+        """Prefix and continuation lengths: the settings, scaled down in the same ratio when
+        they exceed the model's context, and the prefix no longer than a batch row."""
+        s = self.settings
+        prefix, continuation = s.prefix_len, s.continuation_len
+        context = self.model_config.block_size
+        if prefix + continuation > context:
+            if context < 2:
+                raise ValueError(f"block_size={context} leaves no room for a continuation")
+            prefix = min(context - 1, max(1, round(context * prefix / (prefix + continuation))))
+            continuation = context - prefix
+        return min(prefix, batch_width), continuation
+
+    def prefixes(self, batch: torch.Tensor, prefix: int, continuation: int) -> torch.Tensor:
+        """Prefixes (N, prefix) cut from the batch rows, as the authors'
+        `batch_input_sequence_by_prefix_length`: consecutive non-overlapping chunks of each row.
+
+        The authors (one 1536-token row per GPU) keep `seq_len // (prefix + continuation)`
+        chunks so that an update sees as many tokens as a token-level one; here likewise
+        N = B * T // (prefix + continuation) (at least 1), taking the first chunk of every row
+        before any row's second chunk.
+        """
+        B, width = batch.shape
+        per_row = width // prefix
+        chunks = batch[:, : per_row * prefix].reshape(B, per_row, prefix)
+        chunks = chunks.transpose(0, 1).reshape(-1, prefix)  # chunk 0 of every row first
+        n = max(1, B * (width - 1) // (prefix + continuation))
+        return chunks[:n]
+
+    def sequence_loss(self, model: GPT, batch: torch.Tensor) -> ObjectiveOutput:
+        """Sequence-level unlikelihood (§5.2, Eq. 6 with C^{repeat-n}, Eq. 7).
+
+        The model greedily continues prefixes of the batch (without gradients, with the KV
+        cache), then is run on prefix + continuation with gradients; the loss is the summed
+        -log(1 - p(x_t | x_<t)) over the candidate continuation tokens divided by the number of
+        continuation tokens, as in the authors' `sequence_penalty_loss`. The authors take these
+        probabilities from the greedy decoding itself, in eval mode; the gradient pass here also
+        runs in eval mode (no dropout), so it sees the very distributions that chose the tokens.
+        """
+        s = self.settings
+        prefix_len, continuation_len = self.lengths(batch.size(1))
+        prefix = self.prefixes(batch, prefix_len, continuation_len).long()
+        continuation = torch.tensor(
+            generate(model, prefix, continuation_len, DecodingConfig(greedy=True)),
+            dtype=torch.long,
+            device=batch.device,
+        )  # (N, continuation_len)
+        sequence = torch.cat([prefix, continuation], dim=1)
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(sequence[:, :-1])[:, prefix_len - 1 :]  # predicts the continuation
+        finally:
+            model.train(was_training)
+        log_probs = logits.float().log_softmax(-1).gather(-1, continuation[..., None])[..., 0]
+        candidates = repeat_ngram_candidates(continuation, s.ngram)
+        penalty = one_minus_p_nll(log_probs, SEQUENCE_MIN_ONE_MINUS_P)
+        loss = torch.where(candidates, penalty, 0.0).sum() / continuation.numel()
+        logs: dict[str, float | torch.Tensor] = {
+            "seq_ul": loss.detach(),
+            "seq_candidates_per_token": candidates.sum() / continuation.numel(),
+            "seq_rep_n": seq_rep(continuation, s.ngram).mean(),
+            "sequence_update": 1.0,
+        }
+        return ObjectiveOutput(loss=loss, logs=logs)
