@@ -19,7 +19,14 @@ from lightning.pytorch.loggers import CSVLogger
 
 from beyondmle.model import GPT, ModelConfig
 from beyondmle.tokenization import Tokenizer, tokenizer_from_json
-from objectives import Optimizers, SpecialTokens, TrainingState, get_objective, token_nll
+from objectives import (
+    ObjectiveDiverged,
+    Optimizers,
+    SpecialTokens,
+    TrainingState,
+    get_objective,
+    token_nll,
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class ObjectiveModule(L.LightningModule):
         objective_settings: dict,
         training: dict,
         special: dict,
+        corpus: dict | None = None,
         tokenizer_json: str | None = None,
     ) -> None:
         super().__init__()
@@ -108,6 +116,8 @@ class ObjectiveModule(L.LightningModule):
         else:
             loss = None
             logs = self.objective.manual_step(self.model, batch, state, Optimizers(self._manual))
+        if loss is not None and not torch.isfinite(loss):
+            raise ObjectiveDiverged(f"non-finite training loss {loss.item()} at step {step}")
         if in_warm_start and not self.automatic_optimization:
             self._manual("model", loss)
         self.steps_done += 1

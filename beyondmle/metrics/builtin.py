@@ -1,0 +1,170 @@
+"""The built-in metrics, registered for the evaluation pass. Each adapts a plain function of
+this package (the public API) to `EvalInputs`; the definitions and citations live with the
+functions."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from beyondmle.metrics.distributional import fed, mauve
+from beyondmle.metrics.diversity import distinct_n, ngram_entropy, self_bleu, zipf_coefficient
+from beyondmle.metrics.likelihood import continuation_scores, perplexity
+from beyondmle.metrics.registry import EvalInputs, MetricValue, register_metric
+from beyondmle.metrics.repetition import next_token_repetition, seq_rep_n
+
+
+@register_metric(
+    "perplexity",
+    version="1",
+    needs={"model", "heldout"},
+    per_decoding=False,
+    settings=("tokenizer", "block_size", "eval_stride"),
+)
+def _perplexity(inputs: EvalInputs) -> list[MetricValue]:
+    out = []
+    corpus = inputs.heldout
+    for split in ("valid", "test"):
+        result = perplexity(
+            inputs.model,
+            corpus.stream(split),
+            inputs.block_size,
+            stride=inputs.settings["eval_stride"],
+            words=corpus.num_words(split),
+            num_bytes=corpus.num_bytes(split),
+            batch_size=inputs.settings["batch_size"],
+        )
+        out += [
+            MetricValue(f"ppl_{split}", result.perplexity),
+            MetricValue(f"ppl_word_{split}", result.perplexity_per_word),
+            MetricValue(f"bpb_{split}", result.bits_per_byte),
+        ]
+    return out
+
+
+@register_metric(
+    "continuation",
+    version="1",
+    needs={"model", "references"},
+    per_decoding=False,
+    settings=("tokenizer", "prompt_tokens", "continuation_tokens", "num_samples", "rep_window"),
+)
+def _continuation(inputs: EvalInputs) -> list[MetricValue]:
+    """NLL of the human continuations given their prompts, and rep / wrep / uniq of the
+    teacher-forced next-token predictions, the window being the model's context."""
+    prompts = torch.tensor(inputs.prompts)
+    references = torch.tensor(inputs.references)
+    nll, predictions = continuation_scores(
+        inputs.model, prompts, references, inputs.settings["batch_size"]
+    )
+    contexts = torch.cat([prompts, references], 1).tolist()
+    window = inputs.settings["rep_window"] or inputs.block_size
+    rep = next_token_repetition(predictions.tolist(), inputs.references, contexts, window)
+    return [
+        MetricValue("nll_continuation", nll.nll / nll.tokens),
+        *(MetricValue(name, float(value)) for name, value in rep.items()),
+    ]
+
+
+@register_metric(
+    "distinct",
+    version="1",
+    needs={"samples"},
+    per_decoding=True,
+    settings=("tokenizer", "num_samples", "continuation_tokens"),
+)
+def _distinct(inputs: EvalInputs) -> list[MetricValue]:
+    return [MetricValue(f"distinct_{n}", distinct_n(inputs.samples, n)) for n in range(1, 5)]
+
+
+@register_metric(
+    "self_bleu",
+    version="1",
+    needs={"samples"},
+    per_decoding=True,
+    settings=("tokenizer", "self_bleu_samples", "sample_seed", "continuation_tokens"),
+)
+def _self_bleu(inputs: EvalInputs) -> list[MetricValue]:
+    """Self-BLEU-4 on a fixed-size subset drawn with a fixed seed, so values compare across
+    cells whatever the number of generations."""
+    samples = inputs.samples
+    k = inputs.settings["self_bleu_samples"]
+    if len(samples) > k:
+        samples = random.Random(inputs.settings["sample_seed"]).sample(samples, k)
+    warning = None
+    if len(samples) < k:
+        warning = f"Self-BLEU-4 on {len(samples)} samples, fewer than the {k} asked for"
+    return [MetricValue("self_bleu_4", self_bleu(samples, 4), warning)]
+
+
+@register_metric(
+    "seq_rep",
+    version="1",
+    needs={"samples"},
+    per_decoding=True,
+    settings=("tokenizer", "num_samples", "continuation_tokens"),
+)
+def _seq_rep(inputs: EvalInputs) -> list[MetricValue]:
+    return [MetricValue("seq_rep_4", seq_rep_n(inputs.samples, 4))]
+
+
+@register_metric(
+    "entropy",
+    version="1",
+    needs={"samples"},
+    per_decoding=True,
+    settings=("tokenizer", "num_samples", "continuation_tokens"),
+)
+def _entropy(inputs: EvalInputs) -> list[MetricValue]:
+    return [MetricValue("entropy_4", ngram_entropy(inputs.samples, 4))]
+
+
+@register_metric(
+    "zipf",
+    version="1",
+    needs={"samples"},
+    per_decoding=True,
+    settings=("tokenizer", "num_samples", "continuation_tokens"),
+)
+def _zipf(inputs: EvalInputs) -> list[MetricValue]:
+    return [MetricValue("zipf", zipf_coefficient(inputs.samples))]
+
+
+@register_metric(
+    "mauve",
+    version="1",
+    needs={"features"},
+    per_decoding=True,
+    settings=(
+        "tokenizer",
+        "featurizer",
+        "num_samples",
+        "continuation_tokens",
+        "mauve_seeds",
+        "mauve_scaling",
+    ),
+)
+def _mauve(inputs: EvalInputs) -> list[MetricValue]:
+    result = mauve(
+        inputs.p_features,
+        inputs.q_features,
+        seeds=tuple(inputs.settings["mauve_seeds"]),
+        scaling=inputs.settings["mauve_scaling"],
+    )
+    warning = "; ".join(result.warnings) or None
+    return [
+        MetricValue("mauve", result.mean, warning),
+        MetricValue("mauve_std", result.std, warning),
+    ]
+
+
+@register_metric(
+    "fed",
+    version="1",
+    needs={"features"},
+    per_decoding=True,
+    settings=("tokenizer", "featurizer", "num_samples", "continuation_tokens"),
+)
+def _fed(inputs: EvalInputs) -> list[MetricValue]:
+    return [MetricValue("fed", fed(inputs.p_features, inputs.q_features))]

@@ -1,0 +1,265 @@
+"""The matrix runner: spec → cells → data + model + objective → Trainer → checkpoint →
+generations → metrics → results DB.
+
+Each cell runs in steps (train, model metrics, one step per decoding), each recorded in one
+transaction with the files it names written whole beforehand, so a killed run loses at most the
+step in flight. Re-running the same command skips finished cells and steps and resumes training
+from the cell's last checkpoint. A cell that raises (or whose objective reports divergence) is
+recorded as failed with its reason, and the matrix goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import lightning as L
+
+from beyondmle.cells import Cell, expand, select_shard
+from beyondmle.corpora import Corpus, load_corpus
+from beyondmle.data import LanguageDataModule, check_corpus_fits
+from beyondmle.evaluation import Evaluator, sample_file_name
+from beyondmle.model import ModelConfig
+from beyondmle.results import ResultsDB, atomic_write_text
+from beyondmle.spec import Spec
+from beyondmle.training import ObjectiveModule, ProgressLog, build_trainer, load_model
+from objectives import ObjectiveDiverged
+
+PACKAGES = (
+    "beyondmle",
+    "torch",
+    "lightning",
+    "tokenizers",
+    "nltk",
+    "mauve-text",
+    "sentence-transformers",
+    "numpy",
+    "pandas",
+)
+
+
+class CellInterrupted(RuntimeError):
+    """Training stopped before its budget without an error (the run was interrupted)."""
+
+
+@dataclass
+class RunSummary:
+    results_dir: Path
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+class MatrixProgress:
+    """One line per cell across the whole matrix, with an ETA from the cells finished so far,
+    on top of Lightning's own progress bar for the cell in flight."""
+
+    def __init__(self, total: int, stream=sys.stderr) -> None:
+        self.total, self.stream = total, stream
+        self.started = time.monotonic()
+        self.finished = 0
+
+    def cell(self, index: int, cell: Cell, status: str) -> None:
+        elapsed = time.monotonic() - self.started
+        eta = ""
+        if self.finished:
+            remaining = (self.total - index) * elapsed / self.finished
+            eta = f", ETA {remaining / 60:.1f} min"
+        print(
+            f"[{index}/{self.total}] {cell.describe()} ({cell.id}): {status}{eta}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def load_corpora(spec: Spec) -> dict[str, Corpus]:
+    """Load and check every corpus before anything trains: bad input fails the whole run."""
+    corpora = {}
+    block = ModelConfig(**spec.model).block_size
+    window = spec.evaluation.prompt_tokens + spec.evaluation.continuation_tokens
+    for cs in spec.corpora:
+        key = json.dumps([cs.name, cs.settings], sort_keys=True)
+        corpus = load_corpus(cs.name, **cs.settings)
+        check_corpus_fits(corpus, block, window)
+        corpora[key] = corpus
+    return corpora
+
+
+def _corpus_key(cell: Cell) -> str:
+    return json.dumps([cell.corpus.name, cell.corpus.settings], sort_keys=True)
+
+
+def run_spec(
+    spec: Spec,
+    out_dir: str | Path,
+    shard: tuple[int, int] = (0, 1),
+    retry_failed: bool = False,
+    progress_bar: bool = True,
+) -> RunSummary:
+    out_dir = Path(out_dir)
+    corpora = load_corpora(spec)
+    db = ResultsDB(out_dir)
+    run_id = uuid.uuid4().hex[:12]
+    worker = f"{os.uname().nodename}:{os.getpid()}:{run_id}"
+    db.start_run(run_id, spec.path, spec.text, git_commit(), package_versions())
+    cells = select_shard(expand(spec), shard)
+    for cell in cells:
+        db.register_cell(cell.id, cell.config, cell.corpus.name, cell.objective.label, cell.seed)
+    summary = RunSummary(out_dir)
+    progress = MatrixProgress(len(cells))
+    for index, cell in enumerate(cells, start=1):
+        if not db.claim(cell.id, worker, retry_failed):
+            summary.skipped.append(cell.id)
+            progress.cell(index, cell, f"skipped ({db.cell_status(cell.id)})")
+            continue
+        progress.cell(index, cell, "running")
+        try:
+            train_seconds = run_cell(
+                cell, spec, corpora[_corpus_key(cell)], db, worker, out_dir, progress_bar
+            )
+        except (KeyboardInterrupt, CellInterrupted):
+            db.release(cell.id)
+            raise
+        except Exception as e:  # one cell's crash must not lose the others' results
+            reason = _failure_reason(e)
+            db.fail_cell(cell.id, run_id, reason)
+            summary.failed[cell.id] = reason
+            progress.finished += 1
+            progress.cell(index, cell, f"FAILED: {reason.splitlines()[0]}")
+            continue
+        db.finish_cell(cell.id, run_id, train_seconds)
+        summary.done.append(cell.id)
+        progress.finished += 1
+        progress.cell(index, cell, "done")
+    db.finish_run(run_id)
+    db.close()
+    return summary
+
+
+def _failure_reason(e: Exception) -> str:
+    if isinstance(e, ObjectiveDiverged):
+        return f"diverged: {e}"
+    return "".join(traceback.format_exception(e, limit=-8)).strip()
+
+
+def run_cell(
+    cell: Cell,
+    spec: Spec,
+    corpus: Corpus,
+    db: ResultsDB,
+    worker: str,
+    out_dir: Path,
+    progress_bar: bool = True,
+) -> float | None:
+    """Train (or resume) and evaluate one cell; returns the training time of this call."""
+    cell_dir = out_dir / "cells" / cell.id
+    config = {
+        **cell.config,
+        "objective_label": cell.objective.label,
+        "evaluation": asdict(spec.evaluation),
+        "decodings": [asdict(d) | {"label": d.label} for d in spec.decodings],
+    }
+    atomic_write_text(cell_dir / "config.json", json.dumps(config, indent=2, sort_keys=True))
+    train_seconds = None
+    if not db.step_done(cell.id, "train"):
+        start = time.monotonic()
+        train(cell, corpus, cell_dir, lambda: db.heartbeat(cell.id, worker), progress_bar)
+        train_seconds = time.monotonic() - start
+        db.record_step(
+            cell.id,
+            "train",
+            artifacts={
+                ("", "checkpoint"): f"cells/{cell.id}/model.ckpt",
+                ("", "train_log"): f"cells/{cell.id}/logs/metrics.csv",
+            },
+            train_seconds=train_seconds,
+        )
+    model, _, _ = load_model(cell_dir / "model.ckpt")
+    evaluator = Evaluator(model, corpus, spec.evaluation)
+    suffix = spec.evaluation.fingerprint()
+    step = f"model-metrics:{suffix}"
+    if not db.step_done(cell.id, step):
+        rows, fingerprints = evaluator.model_metrics()
+        db.record_step(cell.id, step, rows, fingerprints)
+    for decoding in spec.decodings:
+        step = f"decode:{decoding.label}:{suffix}"
+        if db.step_done(cell.id, step):
+            continue
+        samples = evaluator.generate(decoding, cell.seed)
+        relative = f"cells/{cell.id}/samples/{sample_file_name(decoding.label)}"
+        evaluator.write_samples(out_dir / relative, samples)
+        rows, fingerprints = evaluator.sample_metrics(decoding, samples)
+        db.record_step(cell.id, step, rows, fingerprints, {(decoding.label, "samples"): relative})
+        db.heartbeat(cell.id, worker)
+    return train_seconds
+
+
+def train(cell: Cell, corpus: Corpus, cell_dir: Path, heartbeat, progress_bar: bool) -> None:
+    """Train a cell's model to its token budget and write `model.ckpt` atomically."""
+    L.seed_everything(cell.seed, workers=True, verbose=False)
+    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)
+    module = ObjectiveModule(
+        model_config=asdict(model_config),
+        objective=cell.objective.name,
+        objective_settings=cell.objective.settings,
+        training=asdict(cell.training),
+        special=asdict(corpus.tokenizer.special),
+        corpus=cell.config["corpus"],
+        tokenizer_json=corpus.tokenizer.to_json(),
+    )
+    data = LanguageDataModule(corpus, model_config.block_size, cell.training.batch_size)
+    last_beat = [time.monotonic()]
+
+    def beat(done: int, total: int) -> None:
+        if time.monotonic() - last_beat[0] > 30:
+            heartbeat()
+            last_beat[0] = time.monotonic()
+
+    trainer = build_trainer(
+        cell.training,
+        cell_dir,
+        module.objective.manual_optimization,
+        [ProgressLog(beat)],
+        enable_progress_bar=progress_bar,
+    )
+    last = cell_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, data, ckpt_path=last if last.exists() else None)
+    if int(module.steps_done) < module.total_steps:
+        raise CellInterrupted(
+            f"training of cell {cell.id} stopped at step {int(module.steps_done)} of "
+            f"{module.total_steps}; run the same command again to resume"
+        )
+    tmp = cell_dir / f".model.ckpt.tmp{os.getpid()}"
+    trainer.save_checkpoint(tmp)
+    os.replace(tmp, cell_dir / "model.ckpt")
