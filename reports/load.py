@@ -1,0 +1,154 @@
+"""Reading a results directory into pandas: the database tables, and the artifact files the
+database names (sample JSONL files, Lightning training logs). Nothing else is read."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DB_NAME = "results.sqlite"
+
+_TABLES = ("runs", "cells", "steps", "metrics", "fingerprints", "artifacts")
+
+
+@dataclass
+class Results:
+    """The tables of one results directory, as read (nothing derived yet)."""
+
+    directory: Path
+    runs: pd.DataFrame
+    cells: pd.DataFrame
+    steps: pd.DataFrame
+    metrics: pd.DataFrame
+    fingerprints: pd.DataFrame
+    artifacts: pd.DataFrame
+
+    def artifact_path(self, cell_id: str, kind: str, decoding: str = "") -> Path | None:
+        """The file of an artifact, resolved against the results directory; None if the
+        database names none."""
+        a = self.artifacts
+        row = a[(a["cell_id"] == cell_id) & (a["kind"] == kind) & (a["decoding"] == decoding)]
+        if row.empty:
+            return None
+        path = Path(row["path"].iloc[0])
+        return path if path.is_absolute() else self.directory / path
+
+
+def load_results(results_dir: str | Path) -> Results:
+    """Read every table of `results_dir/results.sqlite` (read only)."""
+    directory = Path(results_dir)
+    path = directory / DB_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} is not a results directory (no {DB_NAME})")
+    with closing(sqlite3.connect(path, timeout=60.0)) as conn:
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA busy_timeout = 60000")
+        tables = {t: pd.read_sql_query(f"SELECT * FROM {t}", conn) for t in _TABLES}
+    tables["metrics"]["value"] = pd.to_numeric(tables["metrics"]["value"], errors="coerce")
+    for column in ("decoding", "warning"):
+        tables["metrics"][column] = tables["metrics"][column].astype(object)
+    tables["metrics"]["decoding"] = tables["metrics"]["decoding"].fillna("")
+    tables["artifacts"]["decoding"] = tables["artifacts"]["decoding"].fillna("")
+    return Results(directory=directory, **tables)
+
+
+# decoding labels
+
+
+def parse_decoding(label: str) -> dict[str, float | bool]:
+    """`''` -> {}, `greedy` -> {'greedy': True}, `top_p=0.9,temperature=0.8` ->
+    {'top_p': 0.9, 'temperature': 0.8}. Values that are not numbers are kept as text."""
+    out: dict[str, float | bool | str] = {}
+    for part in filter(None, (p.strip() for p in label.split(","))):
+        if "=" not in part:
+            out[part] = True
+            continue
+        key, value = (s.strip() for s in part.split("=", 1))
+        try:
+            out[key] = float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def decoding_family(label: str) -> str:
+    """`greedy`, `temperature`, `top_p`, `top_k`, `combined` (several knobs) or `''`."""
+    keys = list(parse_decoding(label))
+    if not keys:
+        return ""
+    return keys[0] if len(keys) == 1 else "combined"
+
+
+_FAMILY_ORDER = {"greedy": 0, "temperature": 1, "top_k": 2, "top_p": 3, "combined": 4}
+
+
+def decoding_sort_key(label: str) -> tuple:
+    """Greedy first, then temperature, top-k, top-p and combinations, each by value."""
+    parsed = parse_decoding(label)
+    values = tuple(v if isinstance(v, float) else math.inf for v in parsed.values())
+    return (_FAMILY_ORDER.get(decoding_family(label), 5), values, label)
+
+
+def sort_decodings(labels) -> list[str]:
+    return sorted(set(labels), key=decoding_sort_key)
+
+
+# artifact files
+
+
+def read_samples(path: Path) -> list[dict]:
+    """The lines of a samples JSONL file; malformed lines are skipped."""
+    samples = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(item, dict):
+                samples.append(item)
+    return samples
+
+
+def read_train_log(path: Path) -> pd.DataFrame:
+    """Lightning's `metrics.csv` as long form: step, tokens, split (`train`/`val`), loss.
+
+    Validation rows usually lack `train/tokens`; their token count is interpolated from the
+    training rows by step. Without a token column at all, `tokens` is NaN.
+    """
+    log = pd.read_csv(path)
+    if "step" not in log.columns:
+        log["step"] = range(len(log))
+    log = log.sort_values("step", kind="stable")
+    step = pd.to_numeric(log["step"], errors="coerce")
+    tokens = pd.Series(np.nan, index=log.index)
+    if "train/tokens" in log.columns:
+        known = log[["step", "train/tokens"]].apply(pd.to_numeric, errors="coerce").dropna()
+        known = known.drop_duplicates("step")
+        if not known.empty:
+            tokens[:] = np.interp(step, known["step"], known["train/tokens"])
+    parts = []
+    for split, column in (("train", "train/loss"), ("val", "val/loss")):
+        if column in log.columns:
+            part = pd.DataFrame(
+                {
+                    "step": step,
+                    "tokens": tokens,
+                    "split": split,
+                    "loss": pd.to_numeric(log[column], errors="coerce"),
+                }
+            ).dropna(subset=["loss"])
+            parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=["step", "tokens", "split", "loss"])
+    return pd.concat(parts, ignore_index=True)
