@@ -152,7 +152,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         for r in results:
             note = f"  ({r['warning']})" if "warning" in r else ""
-            print(f"{r['decoding'] or '-':24s} {r['metric']:18s} {r['value']:.4f}{note}")
+            value = "undefined" if r["value"] is None else f"{r['value']:.4f}"
+            print(f"{r['decoding'] or '-':24s} {r['metric']:18s} {value}{note}")
     return 0
 
 

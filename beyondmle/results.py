@@ -305,14 +305,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-_MERGED_TABLES = ("runs", "cells", "steps", "metrics", "fingerprints", "artifacts")
+# The tables whose rows belong to one cell, by `cell_id`.
+_CELL_TABLES = ("steps", "metrics", "artifacts")
 
 
 def merge(destination: str | Path, sources: list[str | Path]) -> ResultsDB:
     """Copy the rows and cell artifacts of other results directories into `destination`.
 
-    Idempotent: rows already there are kept (a finished cell beats an unfinished one), and
-    artifacts already copied are not copied again.
+    Idempotent: a cell already there keeps its rows and files, unless it is unfinished and the
+    source finished it: then the source's cell replaces it whole (rows and directory). Cell
+    directories already there are not copied again.
     """
     db = ResultsDB(destination)
     for source in sources:
@@ -322,14 +324,36 @@ def merge(destination: str | Path, sources: list[str | Path]) -> ResultsDB:
         if not (source / "results.sqlite").exists():
             raise FileNotFoundError(f"{source} is not a results directory (no results.sqlite)")
         db.conn.execute("ATTACH DATABASE ? AS src", (str(source / "results.sqlite"),))
-        with db.transaction() as c:
-            c.execute(
-                "DELETE FROM cells WHERE status != 'done' AND id IN "
-                "(SELECT id FROM src.cells WHERE status = 'done')"
-            )
-            for table in _MERGED_TABLES:
-                c.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM src.{table}")
-        db.conn.execute("DETACH DATABASE src")
+        try:
+            # A cell's rows and files all come from one attempt. A cell finished in the source
+            # replaces an unfinished one here, files first (a merge killed in between is redone);
+            # any other cell already here keeps its own rows, and gets none of the source's.
+            replaced = [
+                row[0]
+                for row in db.conn.execute(
+                    "SELECT id FROM main.cells WHERE status != 'done' AND id IN "
+                    "(SELECT id FROM src.cells WHERE status = 'done')"
+                )
+            ]
+            for cell_id in replaced:
+                target = db.directory / "cells" / cell_id
+                shutil.rmtree(target, ignore_errors=True)
+                if (source / "cells" / cell_id).is_dir():
+                    shutil.copytree(source / "cells" / cell_id, target)
+            with db.transaction() as c:
+                for cell_id in replaced:
+                    for table in _CELL_TABLES:
+                        c.execute(f"DELETE FROM main.{table} WHERE cell_id = ?", (cell_id,))
+                    c.execute("DELETE FROM main.cells WHERE id = ?", (cell_id,))
+                for table in _CELL_TABLES:
+                    c.execute(
+                        f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table} "
+                        "WHERE cell_id NOT IN (SELECT id FROM main.cells)"
+                    )
+                for table in ("runs", "cells", "fingerprints"):
+                    c.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table}")
+        finally:
+            db.conn.execute("DETACH DATABASE src")
         for cell_dir in sorted((source / "cells").glob("*")):
             target = db.directory / "cells" / cell_dir.name
             if not target.exists():

@@ -148,7 +148,9 @@ def run_spec(
             train_seconds = run_cell(
                 cell, spec, corpora[_corpus_key(cell)], db, worker, out_dir, progress_bar
             )
-        except (KeyboardInterrupt, CellInterrupted):
+        except (KeyboardInterrupt, SystemExit, CellInterrupted):
+            # Lightning turns a Ctrl-C inside `trainer.fit` into `sys.exit(1)`: give the cell
+            # back either way, or a re-run would skip it until its claim went stale.
             db.release(cell.id)
             raise
         except Exception as e:  # one cell's crash must not lose the others' results
@@ -156,7 +158,7 @@ def run_spec(
             db.fail_cell(cell.id, run_id, reason)
             summary.failed[cell.id] = reason
             progress.finished += 1
-            progress.cell(index, cell, f"FAILED: {reason.splitlines()[0]}")
+            progress.cell(index, cell, f"FAILED: {reason.splitlines()[-1]}")
             continue
         db.finish_cell(cell.id, run_id, train_seconds)
         summary.done.append(cell.id)

@@ -15,7 +15,7 @@ runs, and every problem is reported at once with the file, the key and what was 
     [training]         # beyondmle.training.TrainingConfig
     budget_tokens = 2_000_000
 
-    [[objective]]      # name plus the objective's own Settings fields
+    [[objective]]      # name, an optional label, and the objective's own Settings fields
     name = "unlikelihood"
     alpha = 1.0
     [objective.sweep]  # optional: each key gets a list of values; every combination runs
@@ -246,7 +246,11 @@ def _objectives(data: dict, issues: list[SpecIssue]) -> list[ObjectiveVariant]:
             continue
         cls = registry[name]
         types_ = _dataclass_types(cls.Settings)
-        base = {k: v for k, v in table.items() if k not in ("name", "sweep")}
+        base = {k: v for k, v in table.items() if k not in ("name", "sweep", "label")}
+        given_label = table.get("label", name)
+        if not isinstance(given_label, str) or not given_label:
+            issues.append(SpecIssue(f"{where}.label", "a non-empty string", given_label))
+            given_label = name
         base = _check_keys(base, types_, where, issues)
         sweep = table.get("sweep", {})
         if not isinstance(sweep, dict):
@@ -274,13 +278,19 @@ def _objectives(data: dict, issues: list[SpecIssue]) -> list[ObjectiveVariant]:
                         settings.warm_start_fraction,
                     )
                 )
-            label = name + (
+            label = given_label + (
                 "[" + ",".join(f"{k}={v}" for k, v in chosen.items()) + "]" if chosen else ""
             )
             out.append(ObjectiveVariant(name, dataclasses.asdict(settings), label))
     labels = [v.label for v in out]
     for label in sorted({x for x in labels if labels.count(x) > 1}):
-        issues.append(SpecIssue("objective", "distinct objectives (or sweep values)", label))
+        issues.append(
+            SpecIssue(
+                "objective",
+                "distinct labels: give each variant of an objective its own `label`",
+                label,
+            )
+        )
     return out
 
 

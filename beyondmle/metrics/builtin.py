@@ -128,6 +128,10 @@ def _entropy(inputs: EvalInputs) -> list[MetricValue]:
     settings=("tokenizer", "num_samples", "continuation_tokens"),
 )
 def _zipf(inputs: EvalInputs) -> list[MetricValue]:
+    """Undefined (stored as NULL with a warning) when the samples hold one distinct token, as
+    degenerate greedy continuations can."""
+    if len({token for sample in inputs.samples for token in sample}) < 2:
+        return [MetricValue("zipf", None, "Zipf coefficient undefined: one distinct token")]
     return [MetricValue("zipf", zipf_coefficient(inputs.samples))]
 
 

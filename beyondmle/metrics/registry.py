@@ -24,7 +24,7 @@ NEEDS = frozenset({"model", "heldout", "samples", "references", "features"})
 @dataclass(frozen=True)
 class MetricValue:
     name: str
-    value: float
+    value: float | None  # None: undefined for these inputs, with the reason in `warning`
     warning: str | None = None
 
 
