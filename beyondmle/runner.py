@@ -256,7 +256,13 @@ def train(cell: Cell, corpus: Corpus, cell_dir: Path, heartbeat, progress_bar: b
         enable_progress_bar=progress_bar,
     )
     last = cell_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, data, ckpt_path=last if last.exists() else None)
+    log = cell_dir / "logs" / "metrics.csv"
+    earlier = _set_aside(log) if last.exists() else None
+    try:
+        trainer.fit(module, data, ckpt_path=last if last.exists() else None)
+    finally:
+        if earlier is not None:
+            _stitch_log(earlier, log)
     if int(module.steps_done) < module.total_steps:
         raise CellInterrupted(
             f"training of cell {cell.id} stopped at step {int(module.steps_done)} of "
@@ -265,3 +271,30 @@ def train(cell: Cell, corpus: Corpus, cell_dir: Path, heartbeat, progress_bar: b
     tmp = cell_dir / f".model.ckpt.tmp{os.getpid()}"
     trainer.save_checkpoint(tmp)
     os.replace(tmp, cell_dir / "model.ckpt")
+
+
+def _set_aside(log: Path) -> Path | None:
+    """Lightning's CSV logger starts a fresh metrics.csv; keep the rows logged before an
+    interruption so the training curve of a resumed cell stays whole. Rows set aside by an
+    attempt that was killed before it could stitch them back are stitched first."""
+    for leftover in sorted(log.parent.glob("metrics.before-*.csv")):
+        _stitch_log(leftover, log)
+    if not log.exists():
+        return None
+    earlier = log.with_name(f"metrics.before-{int(time.time() * 1000)}.csv")
+    os.replace(log, earlier)
+    return earlier
+
+
+def _stitch_log(earlier: Path, log: Path) -> None:
+    """metrics.csv = the earlier rows up to where the resumed run starts, then the new rows."""
+    import pandas as pd
+
+    old = pd.read_csv(earlier)
+    if log.exists() and log.stat().st_size:
+        new = pd.read_csv(log)
+        if len(new):
+            old = old[old["step"] < new["step"].min()]
+        old = pd.concat([old, new], ignore_index=True)
+    atomic_write_text(log, old.to_csv(index=False))
+    earlier.unlink()
