@@ -1,12 +1,14 @@
-"""How much faster leave-one-out Self-BLEU is than NLTK's loop, and that it grows linearly.
+"""Speed of the metrics layer, in one run.
 
-NLTK scores each of N samples against the N - 1 others, so its cost grows as N squared;
-`beyondmle.metrics.diversity.self_bleu` gets the same numbers from per-n-gram top-two counts
-in one pass. This times both at N samples of about 20 tokens drawn from a Zipfian vocabulary
-(so that n-grams collide as in text), checks that every per-sample score agrees within 1e-9,
-and then times ours alone at 2N and 4N. NLTK runs once; ours, best of three.
+- Self-BLEU-4: nltk's `sentence_bleu` loop against `beyondmle.metrics.self_bleu` at N samples of
+  about 20 tokens from a Zipfian vocabulary (so n-grams collide as in text); every per-sample
+  score must agree within 1e-9; ours is also timed at 2N and 4N to show linear growth. nltk runs
+  once; ours, best of three.
+- MAUVE featurization throughput: MiniLM sentences/s on 1,000 PTB sentences (no cache).
+- The whole evaluation of one cell: a PTB model of the quick preset's size, the default
+  evaluation (1,000 prompts, every metric) under one decoding setting.
 
-    python benchmarks/self_bleu_speed.py [--n-samples 1000]
+    python benchmarks/metrics_speed.py [--n-samples 1000]
 """
 
 from __future__ import annotations
@@ -95,6 +97,58 @@ def main() -> None:
         )
     if worst > TOLERANCE:
         raise SystemExit(f"scores disagree with NLTK by {worst:.3g} > {TOLERANCE}")
+    featurization_speed()
+    cell_evaluation_time()
+
+
+def featurization_speed() -> None:
+    from beyondmle.corpora import load_corpus
+    from beyondmle.metrics.featurizers import get_featurizer
+
+    sentences = load_corpus("ptb").documents["test"][:1000]
+    featurizer = get_featurizer("minilm")
+    featurizer.encode(sentences[:8])  # load the model outside the timing
+    _, seconds = timed(lambda: featurizer.encode(sentences))
+    print(
+        f"MiniLM featurization: {len(sentences) / seconds:,.0f} sentences/s "
+        f"({len(sentences)} PTB sentences in {seconds:.2f} s)"
+    )
+
+
+def cell_evaluation_time() -> None:
+    import tempfile
+
+    import torch
+
+    from beyondmle.corpora import load_corpus
+    from beyondmle.decoding import DecodingConfig
+    from beyondmle.evaluation import EvaluationConfig, Evaluator
+    from beyondmle.model import GPT, ModelConfig
+
+    corpus = load_corpus("ptb")
+    torch.manual_seed(0)
+    model = GPT(
+        ModelConfig(
+            vocab_size=corpus.tokenizer.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=128
+        )
+    ).eval()
+    with tempfile.TemporaryDirectory() as cache:
+        config = EvaluationConfig(prompt_tokens=16, continuation_tokens=40, feature_cache=cache)
+        start = time.perf_counter()
+        evaluator = Evaluator(model, corpus, config)
+        evaluator.model_metrics()
+        after_model = time.perf_counter()
+        decoding = DecodingConfig(top_p=0.9)
+        samples = evaluator.generate(decoding, seed=0)
+        after_generation = time.perf_counter()
+        evaluator.sample_metrics(decoding, samples)
+        end = time.perf_counter()
+    print(
+        f"one cell's evaluation ({config.num_samples} prompts, every metric, one decoding): "
+        f"{end - start:.1f} s = model metrics {after_model - start:.1f} s + generation "
+        f"{after_generation - after_model:.1f} s + sample metrics "
+        f"{end - after_generation:.1f} s (MiniLM load included)"
+    )
 
 
 if __name__ == "__main__":

@@ -61,18 +61,32 @@ def matmul_peak(dtype: torch.dtype = torch.bfloat16, n: int = 2048, seconds: flo
 
 
 def train_speed(seconds: float, precision: str) -> tuple[float, ModelConfig, int]:
-    config = ModelConfig(vocab_size=10_000, block_size=128, n_layer=4, n_head=4, n_embd=256,
-                         dropout=0.0)
+    config = ModelConfig(
+        vocab_size=10_000, block_size=128, n_layer=4, n_head=4, n_embd=256, dropout=0.0
+    )
     training = TrainingConfig(budget_tokens=10**9, batch_size=32, precision=precision)
     module = ObjectiveModule(asdict(config), "mle", {}, asdict(training), SPECIAL)
     data = torch.randint(4, config.vocab_size, (64 * 32, config.block_size + 1))
-    loader = DataLoader(TensorDataset(data), batch_size=32, shuffle=True, drop_last=True,
-                        collate_fn=lambda rows: torch.stack([r[0] for r in rows]))
+    loader = DataLoader(
+        TensorDataset(data),
+        batch_size=32,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=lambda rows: torch.stack([r[0] for r in rows]),
+    )
     timer = StepTimer(warmup_steps=5, seconds=seconds)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, precision=precision, max_steps=-1, max_epochs=-1,
-        gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        max_steps=-1,
+        max_epochs=-1,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
         limit_val_batches=0,
     )
     trainer.fit(module, loader)
@@ -81,8 +95,9 @@ def train_speed(seconds: float, precision: str) -> tuple[float, ModelConfig, int
 
 
 def generation_speed(batch: int, prompt: int, new: int) -> tuple[float, float]:
-    config = ModelConfig(vocab_size=10_000, block_size=prompt + new, n_layer=4, n_head=4,
-                         n_embd=256, dropout=0.0)
+    config = ModelConfig(
+        vocab_size=10_000, block_size=prompt + new, n_layer=4, n_head=4, n_embd=256, dropout=0.0
+    )
     model = GPT(config).eval()
     prompts = torch.randint(4, config.vocab_size, (batch, prompt))
     greedy = DecodingConfig(greedy=True)
@@ -106,11 +121,14 @@ def main() -> None:
     peak = matmul_peak(peak_dtype)
     flops_per_token = 6 * n_params + 12 * config.n_layer * config.block_size * config.n_embd
     mfu = tokens_per_s * flops_per_token / peak
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"precision {args.precision}")
-    print(f"model: {config.n_layer} layers, {config.n_head} heads, width {config.n_embd}, "
-          f"context {config.block_size}, batch 32, vocabulary {config.vocab_size}, "
-          f"N = {n_params / 1e6:.2f}M parameters without positions")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, precision {args.precision}"
+    )
+    print(
+        f"model: {config.n_layer} layers, {config.n_head} heads, width {config.n_embd}, "
+        f"context {config.block_size}, batch 32, vocabulary {config.vocab_size}, "
+        f"N = {n_params / 1e6:.2f}M parameters without positions"
+    )
     print(f"training:        {tokens_per_s:,.0f} tokens/s")
     print(f"matmul peak:     {peak / 1e9:,.0f} GFLOP/s ({peak_dtype}, 2048x2048, same run)")
     print(f"FLOPs per token: 6*N + 12*L*T*d = {flops_per_token / 1e6:.1f} MFLOP")
