@@ -32,6 +32,11 @@ class ModelConfig:
     bias: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
 
@@ -61,6 +66,11 @@ class KVCache:
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Store k, v (B, H, t, D) after the filled positions; return all keys and values so far."""
         start, stop = self.length, self.length + k.size(2)
+        if stop > self.keys[layer].size(2):
+            raise ValueError(
+                f"the KV cache holds {self.keys[layer].size(2)} positions; "
+                f"{stop} were asked for (make a larger cache)"
+            )
         self.keys[layer][:, :, start:stop] = k
         self.values[layer][:, :, start:stop] = v
         return self.keys[layer][:, :, :stop], self.values[layer][:, :, :stop]

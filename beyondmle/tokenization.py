@@ -104,6 +104,8 @@ class BPETokenizer(Tokenizer):
 
     def __init__(self, hf: HFTokenizer) -> None:
         self.hf = hf
+        # A user's text that spells out "<eos>" is text, not a document boundary.
+        self.hf.encode_special_tokens = True
 
     @classmethod
     def train(cls, documents: list[str], vocab_size: int) -> BPETokenizer:

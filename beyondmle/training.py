@@ -28,6 +28,8 @@ from objectives import (
     token_nll,
 )
 
+PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "bf16-true", "64-true")
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -50,6 +52,28 @@ class TrainingConfig:
     accelerator: str = "auto"
     devices: int = 1
     strategy: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in (
+            "budget_tokens",
+            "batch_size",
+            "devices",
+            "val_every_steps",
+            "checkpoint_every_steps",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("min_lr_ratio", "warmup_fraction", "beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
 
     def tokens_per_step(self, block_size: int) -> int:
         return self.batch_size * block_size * self.devices

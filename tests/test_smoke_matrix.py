@@ -62,8 +62,9 @@ def test_every_checkpoint_reloads_and_generates(smoke_run) -> None:
         model, tokenizer, hparams = load_model(out / "cells" / cell.id / "model.ckpt")
         assert hparams["objective"] == cell.objective.name
         prompt = torch.tensor([tokenizer.encode("the company said")])
-        new = generate(model, prompt, 5, DecodingConfig(top_p=0.9),
-                       generator=torch.Generator().manual_seed(0))[0]
+        new = generate(
+            model, prompt, 5, DecodingConfig(top_p=0.9), generator=torch.Generator().manual_seed(0)
+        )[0]
         assert len(new) == 5
         assert isinstance(tokenizer.decode(new), str)
 

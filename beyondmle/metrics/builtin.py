@@ -14,6 +14,10 @@ from beyondmle.metrics.likelihood import continuation_scores, perplexity
 from beyondmle.metrics.registry import EvalInputs, MetricValue, register_metric
 from beyondmle.metrics.repetition import next_token_repetition, seq_rep_n
 
+# Teacher-forced passes materialise (batch, T, V) logits; small batches keep them in cache,
+# which on CPU was ~4x faster than 64 windows at a time (PTB, 10k vocabulary).
+LIKELIHOOD_BATCH = 8
+
 
 @register_metric(
     "perplexity",
@@ -33,7 +37,7 @@ def _perplexity(inputs: EvalInputs) -> list[MetricValue]:
             stride=inputs.settings["eval_stride"],
             words=corpus.num_words(split),
             num_bytes=corpus.num_bytes(split),
-            batch_size=inputs.settings["batch_size"],
+            batch_size=LIKELIHOOD_BATCH,
         )
         out += [
             MetricValue(f"ppl_{split}", result.perplexity),
@@ -55,9 +59,7 @@ def _continuation(inputs: EvalInputs) -> list[MetricValue]:
     teacher-forced next-token predictions, the window being the model's context."""
     prompts = torch.tensor(inputs.prompts)
     references = torch.tensor(inputs.references)
-    nll, predictions = continuation_scores(
-        inputs.model, prompts, references, inputs.settings["batch_size"]
-    )
+    nll, predictions = continuation_scores(inputs.model, prompts, references, LIKELIHOOD_BATCH)
     contexts = torch.cat([prompts, references], 1).tolist()
     window = inputs.settings["rep_window"] or inputs.block_size
     rep = next_token_repetition(predictions.tolist(), inputs.references, contexts, window)

@@ -9,7 +9,8 @@ Press et al. 2021, "Shortformer", §3; stride = block_size gives disjoint blocks
 - NLL = the sum of −ln p(token | context) over the scored tokens, in nats.
 - Perplexity per token = exp(NLL / scored tokens).
 - Perplexity per word = exp(NLL / words), words = whitespace words + one `<eos>` per document,
-  Mikolov et al.'s PTB convention; on PTB's word-level vocabulary it equals the per-token value.
+  Mikolov et al.'s PTB convention; on PTB's word-level vocabulary it differs from the per-token
+  value only by the one unscored first token.
 - Bits per byte = NLL / (ln 2 · UTF-8 bytes of the scored text), which does not depend on the
   tokenizer (Gao et al. 2020, "The Pile", §4.1).
 The first token of the stream has no context and is not scored; its share of words and bytes is
@@ -78,7 +79,7 @@ def perplexity(
     n = tokens.numel()
     if n < 2:
         raise ValueError("perplexity needs at least 2 tokens")
-    stride = stride or max(1, block_size // 2)
+    stride = max(1, block_size // 2) if stride is None else stride
     if not 0 < stride <= block_size:
         raise ValueError(f"stride must be in (0, block_size={block_size}], got {stride}")
     was_training = model.training
