@@ -163,14 +163,19 @@ class GPT(nn.Module):
 
     def embed(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Token plus position embeddings (B, T, C); positions continue after the cache."""
+        return self.embed_vectors(self.wte(idx), cache)
+
+    def embed_vectors(self, token_emb: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Add positions and embedding dropout to token vectors (B, T, C). Objectives with soft
+        inputs (an expected embedding, a Gumbel-softmax sample) pass their own vectors here."""
         start = 0 if cache is None else cache.length
-        T = idx.size(1)
+        T = token_emb.size(1)
         if start + T > self.config.block_size:
             raise ValueError(
                 f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}"
             )
-        pos = torch.arange(start, start + T, device=idx.device)
-        return self.drop(self.wte(idx) + self.wpe(pos))
+        pos = torch.arange(start, start + T, device=token_emb.device)
+        return self.drop(token_emb + self.wpe(pos))
 
     def forward_embeddings(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Run the blocks on embeddings x (B, T, C) and return logits (B, T, V).

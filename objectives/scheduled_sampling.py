@@ -247,7 +247,7 @@ def mix_token_embeddings(
 ) -> torch.Tensor:
     """Token embeddings (B, T, C) of the next pass under soft mixing (Mihaylova & Martins 2019,
     §3): gold embeddings, with each masked position t replaced by the embedding averaged under
-    softmax(logits[:, t - 1] / temperature). Positions are added later (`embed_vectors`).
+    softmax(logits[:, t - 1] / temperature). Positions are added later (`GPT.embed_vectors`).
 
     The mixture weights carry gradient into `logits` when these do; the embedding matrix
     gets gradient through the mixture either way, as it does through a replaced token."""
@@ -256,16 +256,6 @@ def mix_token_embeddings(
     soft = (probs @ embedding.weight.float()).to(gold_emb.dtype)  # (B, T - 1, C)
     mixture = torch.cat([gold_emb[:, :1], soft], dim=1)
     return torch.where(mask.unsqueeze(-1), mixture, gold_emb)
-
-
-def embed_vectors(model: GPT, token_emb: torch.Tensor) -> torch.Tensor:
-    """Token embeddings (B, T, C) plus positions, through the model's embedding dropout: what
-    `GPT.embed` does after its token lookup, so soft inputs get the same treatment."""
-    length, block_size = token_emb.size(1), model.config.block_size
-    if length > block_size:
-        raise ValueError(f"sequence of {length} tokens exceeds block_size={block_size}")
-    pos = torch.arange(length, device=token_emb.device)
-    return model.drop(token_emb + model.wpe(pos))
 
 
 def parallel_passes(
@@ -294,7 +284,7 @@ def parallel_passes(
                 continue
             if mixing == "soft":
                 inputs = mix_token_embeddings(gold, logits, mask, model.wte, temperature)
-                logits = model.forward_embeddings(embed_vectors(model, inputs))
+                logits = model.forward_embeddings(model.embed_vectors(inputs))
             else:
                 inputs = mix_token_ids(gold, logits, mask, mixing, temperature, generator)
                 logits = model(inputs)
