@@ -101,7 +101,6 @@ class Evaluator:
             "block_size": self.block_size,
         }
         self.metrics = [get_metric(name) for name in cfg.metrics]
-        self._p_features = None
 
     def _rows(self, metrics: list[Metric], decoding: str, inputs: EvalInputs):
         rows, fingerprints = [], []
@@ -173,20 +172,29 @@ class Evaluator:
             samples=samples,
         )
         if any("features" in m.needs for m in metrics):
-            inputs.p_features = self._human_features()
+            # MAUVE collapses when the two sides differ in length (Pillutla et al. 2021, §5):
+            # each human continuation is cut to the length of the generation it is compared to.
+            references = [ref[: len(s)] for ref, s in zip(self.references, samples, strict=True)]
+            inputs.p_features = self._features(references)
             inputs.q_features = self._features(samples)
         return self._rows(metrics, decoding.label, inputs)
 
     def _features(self, token_lists: list[list[int]]):
-        featurizer = get_featurizer(self.config.featurizer)
+        """Sentence features, cached on disk by text, so the human side costs nothing after the
+        first decoding and the first cell."""
         texts = [self.corpus.tokenizer.decode(t) for t in token_lists]
         cache = self.config.feature_cache or default_cache_dir() / "features"
-        return cached_encode(featurizer, texts, Path(cache))
+        return cached_encode(_featurizer(self.config.featurizer), texts, Path(cache))
 
-    def _human_features(self):
-        if self._p_features is None:
-            self._p_features = self._features(self.references)
-        return self._p_features
+
+_FEATURIZERS: dict[str, object] = {}
+
+
+def _featurizer(name: str):
+    """One featurizer per process: loading MiniLM takes seconds, and every cell needs it."""
+    if name not in _FEATURIZERS:
+        _FEATURIZERS[name] = get_featurizer(name)
+    return _FEATURIZERS[name]
 
 
 def _decoding_seed(seed: int, label: str) -> int:

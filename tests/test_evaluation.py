@@ -1,0 +1,140 @@
+"""The evaluation pass: fingerprints that follow exactly the settings that change a value, the
+length guardrail between human and model text, and what each metric is handed."""
+
+import numpy as np
+import pytest
+import torch
+
+from beyondmle.corpora import load_corpus
+from beyondmle.decoding import DecodingConfig
+from beyondmle.evaluation import EvaluationConfig, Evaluator, sample_file_name
+from beyondmle.metrics import available_metrics, fingerprint, get_metric
+from beyondmle.metrics.featurizers import register_featurizer
+from beyondmle.model import GPT, ModelConfig
+
+
+@pytest.fixture(scope="module")
+def ptb():
+    return load_corpus("ptb")
+
+
+def evaluator(corpus, **settings) -> Evaluator:
+    torch.manual_seed(0)
+    model = GPT(
+        ModelConfig(
+            vocab_size=corpus.tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16
+        )
+    )
+    defaults = {
+        "prompt_tokens": 8,
+        "continuation_tokens": 8,
+        "num_samples": 6,
+        "self_bleu_samples": 6,
+    }
+    config = EvaluationConfig(**{**defaults, **settings})
+    return Evaluator(model, corpus, config)
+
+
+def test_fingerprint_is_stable_and_changes_with_every_input() -> None:
+    base = fingerprint("mauve", "1", {"num_samples": 1000, "featurizer": "minilm"})
+    assert base == fingerprint("mauve", "1", {"featurizer": "minilm", "num_samples": 1000})
+    assert base != fingerprint("mauve", "2", {"num_samples": 1000, "featurizer": "minilm"})
+    assert base != fingerprint("mauve", "1", {"num_samples": 999, "featurizer": "minilm"})
+    assert base != fingerprint("fed", "1", {"num_samples": 1000, "featurizer": "minilm"})
+
+
+@pytest.mark.parametrize(
+    ("metric", "setting", "value", "changes"),
+    [
+        ("mauve", "num_samples", 500, True),
+        ("mauve", "featurizer", "gpt2-large", True),
+        ("mauve", "mauve_seeds", [3, 4, 5], True),
+        ("mauve", "continuation_tokens", 9, True),
+        ("mauve", "batch_size", 7, False),
+        ("self_bleu", "self_bleu_samples", 5, True),
+        ("self_bleu", "sample_seed", 1, True),
+        ("self_bleu", "featurizer", "gpt2-large", False),
+        ("distinct", "mauve_scaling", 2.0, False),
+        ("perplexity", "eval_stride", 8, True),
+        ("perplexity", "num_samples", 5, False),
+        ("continuation", "rep_window", 4, True),
+    ],
+)
+def test_fingerprints_change_with_the_settings_that_change_the_value_and_no_others(
+    ptb, metric, setting, value, changes
+) -> None:
+    before = evaluator(ptb).settings
+    after = evaluator(ptb, **{setting: value}).settings
+    m = get_metric(metric)
+    assert (m.fingerprint(before) != m.fingerprint(after)) is changes
+
+
+def test_every_fingerprint_names_the_tokenizer(ptb) -> None:
+    settings = evaluator(ptb).settings
+    for metric in available_metrics().values():
+        assert "tokenizer" in metric.fingerprint_settings(settings), metric.name
+    other = {**settings, "tokenizer": "something-else"}
+    assert get_metric("distinct").fingerprint(settings) != get_metric("distinct").fingerprint(other)
+
+
+def test_unknown_metric_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown metrics.*available: perplexity"):
+        EvaluationConfig(metrics=["perplexity", "bleurt"])
+
+
+class LengthRecorder:
+    """A featurizer that records what it was asked to embed."""
+
+    name = "length-recorder"
+    version = "1"
+    dim = 2
+    output_options: dict = {}
+    seen: list[list[str]] = []
+
+    def encode(self, texts, batch_size: int = 64) -> np.ndarray:
+        LengthRecorder.seen.append(list(texts))
+        return np.array([[len(t.split()), i % 3] for i, t in enumerate(texts)], dtype=np.float32)
+
+
+register_featurizer("length-recorder")(LengthRecorder)
+
+
+def test_human_continuations_are_cut_to_the_generation_length(ptb, tmp_path) -> None:
+    ev = evaluator(ptb, featurizer="length-recorder", metrics=["fed"], feature_cache=str(tmp_path))
+    the = ptb.tokenizer.token_id("the")
+    lengths = [8, 5, 3, 7, 1, 6]
+    samples = [[the] * n for n in lengths]
+    LengthRecorder.seen.clear()
+    rows, _ = ev.sample_metrics(DecodingConfig(greedy=True), samples)
+    human = LengthRecorder.seen[0]  # the human side is embedded first
+    assert [len(ptb.tokenizer.encode(t)) for t in human] == lengths
+    assert [r.metric for r in rows] == ["fed"]
+
+
+def test_generations_have_exactly_the_continuation_length_and_are_seeded(ptb) -> None:
+    ev = evaluator(ptb, metrics=["distinct"])
+    sampling = DecodingConfig(top_p=0.9)
+    first = ev.generate(sampling, seed=0)
+    assert [len(s) for s in first] == [8] * 6
+    assert first == ev.generate(sampling, seed=0)
+    assert first != ev.generate(sampling, seed=1)
+
+
+def test_mauve_below_1000_samples_is_stored_with_its_warning(ptb, tmp_path) -> None:
+    ev = evaluator(
+        ptb,
+        featurizer="length-recorder",
+        metrics=["mauve"],
+        feature_cache=str(tmp_path),
+        num_samples=40,
+    )
+    samples = ev.generate(DecodingConfig(greedy=True), seed=0)
+    rows, _ = ev.sample_metrics(DecodingConfig(greedy=True), samples)
+    by_name = {r.metric: r for r in rows}
+    assert set(by_name) == {"mauve", "mauve_std"}
+    assert "1,000" in by_name["mauve"].warning or "1000" in by_name["mauve"].warning
+
+
+def test_sample_file_names_are_safe() -> None:
+    assert sample_file_name("top_p=0.9,temperature=0.8") == "top_p-0.9_temperature-0.8.jsonl"
+    assert sample_file_name("greedy") == "greedy.jsonl"
