@@ -268,9 +268,7 @@ def train(cell: Cell, corpus: Corpus, cell_dir: Path, heartbeat, progress_bar: b
             f"training of cell {cell.id} stopped at step {int(module.steps_done)} of "
             f"{module.total_steps}; run the same command again to resume"
         )
-    tmp = cell_dir / f".model.ckpt.tmp{os.getpid()}"
-    trainer.save_checkpoint(tmp)
-    os.replace(tmp, cell_dir / "model.ckpt")
+    trainer.save_checkpoint(cell_dir / "model.ckpt")  # atomic: see AtomicCheckpointIO
 
 
 def _set_aside(log: Path) -> Path | None:

@@ -9,6 +9,7 @@ with plain MLE for the first `warm_start_fraction` of that budget, then switch.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from beyondmle.model import GPT, ModelConfig
 from beyondmle.tokenization import Tokenizer, tokenizer_from_json
@@ -233,6 +235,18 @@ class ProgressLog(Callback):
         self.report(int(module.steps_done), module.total_steps)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary sibling and renamed into place, so a run killed
+    mid-save leaves the previous checkpoint whole and the cell can still resume."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
 def build_trainer(
     config: TrainingConfig,
     out_dir: Path,
@@ -262,6 +276,7 @@ def build_trainer(
         log_every_n_steps=10,
         logger=CSVLogger(out_dir, name="logs", version=""),
         callbacks=[checkpoint, *callbacks],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
         default_root_dir=out_dir,
