@@ -116,9 +116,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    tokens_per_s, config, n_params = train_speed(args.seconds, args.precision)
     peak_dtype = torch.bfloat16 if args.precision.startswith("bf16") else torch.float32
-    peak = matmul_peak(peak_dtype)
+    peak_before = matmul_peak(peak_dtype)
+    tokens_per_s, config, n_params = train_speed(args.seconds, args.precision)
+    peak_after = matmul_peak(peak_dtype)
+    # The higher of two measurements: a conservative denominator on a noisy shared machine.
+    peak = max(peak_before, peak_after)
     flops_per_token = 6 * n_params + 12 * config.n_layer * config.block_size * config.n_embd
     mfu = tokens_per_s * flops_per_token / peak
     print(
@@ -130,7 +133,10 @@ def main() -> None:
         f"N = {n_params / 1e6:.2f}M parameters without positions"
     )
     print(f"training:        {tokens_per_s:,.0f} tokens/s")
-    print(f"matmul peak:     {peak / 1e9:,.0f} GFLOP/s ({peak_dtype}, 2048x2048, same run)")
+    print(
+        f"matmul peak:     {peak / 1e9:,.0f} GFLOP/s ({peak_dtype}, 2048x2048, the higher of "
+        f"{peak_before / 1e9:,.0f} before and {peak_after / 1e9:,.0f} after training)"
+    )
     print(f"FLOPs per token: 6*N + 12*L*T*d = {flops_per_token / 1e6:.1f} MFLOP")
     print(f"MFU:             {mfu:.3f}  (target >= 0.55)")
 

@@ -27,7 +27,6 @@ from objectives import (
     SpecialTokens,
     TrainingState,
     get_objective,
-    token_nll,
 )
 
 PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "bf16-true", "64-true")
@@ -134,7 +133,7 @@ class ObjectiveModule(L.LightningModule):
         own_steps = max(1, self.total_steps - self.warm_steps)
         state = TrainingState(step=step, progress=max(0.0, (step - self.warm_steps) / own_steps))
         if in_warm_start:
-            loss = token_nll(self.model(batch[:, :-1]), batch[:, 1:])
+            loss = self.model.nll(batch[:, :-1], batch[:, 1:])
             logs: dict = {"nll": loss.detach()}
         elif self.automatic_optimization:
             out = self.objective.loss(self.model, batch, state)
@@ -178,7 +177,7 @@ class ObjectiveModule(L.LightningModule):
             (scheduler[0] if isinstance(scheduler, list) else scheduler).step()
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        loss = token_nll(self.model(batch[:, :-1]), batch[:, 1:])
+        loss = self.model.nll(batch[:, :-1], batch[:, 1:])
         self.log("val/loss", loss, prog_bar=True, batch_size=batch.size(0))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

@@ -34,6 +34,8 @@ class MLE(Objective):
     Settings = MLESettings
 
     def loss(self, model: GPT, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
-        logits = model(batch[:, :-1])  # (B, T, V)
-        loss = token_nll(logits, batch[:, 1:], self.settings.label_smoothing)
+        if self.settings.label_smoothing:
+            loss = token_nll(model(batch[:, :-1]), batch[:, 1:], self.settings.label_smoothing)
+        else:
+            loss = model.nll(batch[:, :-1], batch[:, 1:])
         return ObjectiveOutput(loss=loss, logs={"nll": loss.detach()})

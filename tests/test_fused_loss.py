@@ -1,0 +1,68 @@
+"""The fused projection + cross-entropy must be the plain cross-entropy, value and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from beyondmle.fused_loss import linear_cross_entropy
+from beyondmle.model import GPT, ModelConfig
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
+def test_fused_loss_and_gradients_equal_plain_cross_entropy(chunk_size: int) -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(50, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    targets = torch.randint(0, 30, (50,))
+    targets[[3, 17, 18]] = -100
+    plain = F.cross_entropy(hidden @ weight.T, targets, ignore_index=-100)
+    plain_grads = torch.autograd.grad(plain, (hidden, weight))
+    fused = linear_cross_entropy(hidden, weight, targets, chunk_size)
+    fused_grads = torch.autograd.grad(fused, (hidden, weight))
+    assert torch.allclose(fused, plain, atol=1e-6)
+    for ours, theirs in zip(fused_grads, plain_grads, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_model_nll_equals_cross_entropy_on_logits_with_tied_weights() -> None:
+    torch.manual_seed(0)
+    model = GPT(
+        ModelConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    )
+    batch = torch.randint(0, 40, (3, 17))
+    plain = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+    plain_grads = torch.autograd.grad(plain, list(model.parameters()))
+    fused = model.nll(batch[:, :-1], batch[:, 1:])
+    fused_grads = torch.autograd.grad(fused, list(model.parameters()))
+    assert torch.allclose(fused, plain, atol=1e-6)
+    for ours, theirs in zip(fused_grads, plain_grads, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_fused_loss_under_bf16_autocast_is_close_to_the_plain_one() -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(64, 16)
+    weight = torch.randn(50, 16) * 0.1
+    targets = torch.randint(0, 50, (64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.cross_entropy(hidden @ weight.T, targets)
+        fused = linear_cross_entropy(hidden, weight, targets, 16)
+    assert fused.dtype == torch.float32
+    assert abs(fused.item() - plain.item()) < 1e-2
+
+
+def test_without_gradients_only_the_loss_is_computed() -> None:
+    hidden, weight = torch.randn(10, 4), torch.randn(6, 4)
+    targets = torch.randint(0, 6, (10,))
+    with torch.no_grad():
+        loss = linear_cross_entropy(hidden, weight, targets)
+    assert torch.allclose(loss, F.cross_entropy(hidden @ weight.T, targets), atol=1e-6)
+
+
+def test_all_targets_ignored_gives_zero_loss() -> None:
+    hidden = torch.randn(4, 3, requires_grad=True)
+    weight = torch.randn(5, 3, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, torch.full((4,), -100))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert not hidden.grad.any()
