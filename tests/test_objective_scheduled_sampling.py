@@ -56,7 +56,8 @@ def loss_and_grads(obj, model: GPT, batch: torch.Tensor, state: TrainingState = 
 def assert_same_grads(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for name in a:
-        assert torch.allclose(a[name], b[name], rtol=1e-6, atol=1e-8), name
+        # MLE sums its loss in chunks (beyondmle.fused_loss): equal up to float32 rounding.
+        assert torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-7), name
 
 
 def test_registered_under_its_name() -> None:
@@ -85,7 +86,7 @@ def test_no_replacement_gives_the_mle_loss_and_gradient(kwargs: dict, progress: 
     ss_out, ss_grads = loss_and_grads(objective(**kwargs), model, batch, state)
     assert ss_out.logs["replace_prob"] == 0.0
     assert float(ss_out.logs["replaced_share"]) == 0.0
-    assert torch.allclose(ss_out.loss, mle_out.loss, rtol=0.0, atol=1e-7)
+    assert torch.allclose(ss_out.loss, mle_out.loss, rtol=0.0, atol=1e-6)
     assert_same_grads(ss_grads, mle_grads)
 
 
