@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from beyondmle.decoding import DecodingConfig, generate
-from beyondmle.model import GPT, Block, ModelConfig
+from beyondmle.model import GPT, ModelConfig
 from objectives.base import (
     Objective,
     ObjectiveDiverged,
@@ -183,17 +183,15 @@ class Discriminator(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        # The shared GPT's trunk (its tied output layer adds no parameters) with a scalar head.
+        self.trunk = GPT(config)
         self.head = nn.Linear(config.n_embd, 1)
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def wte(self) -> nn.Embedding:
+        return self.trunk.wte
 
     def embed_part(self, part: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, t, C) of ids (B, t) or distributions (B, t, V)."""
@@ -209,15 +207,8 @@ class Discriminator(nn.Module):
     def forward(self, *parts: torch.Tensor) -> torch.Tensor:
         """Per-prefix logits (B, T) of the parts concatenated along time."""
         x = torch.cat([self.embed_part(p).float() for p in parts], dim=1)
-        length = x.size(1)
-        if length > self.config.block_size:
-            raise ValueError(
-                f"sequence of {length} tokens exceeds block_size={self.config.block_size}"
-            )
-        x = self.drop(x + self.wpe(torch.arange(length, device=x.device)))
-        for layer, block in enumerate(self.blocks):
-            x = block(x, None, layer)
-        return self.head(self.ln_f(x)).squeeze(-1).float()
+        hidden = self.trunk.forward_hidden(self.trunk.embed_vectors(x))
+        return self.head(hidden).squeeze(-1).float()
 
 
 def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
