@@ -29,7 +29,7 @@ from beyondmle.data import LanguageDataModule, check_corpus_fits
 from beyondmle.evaluation import Evaluator, sample_file_name
 from beyondmle.model import ModelConfig
 from beyondmle.results import ResultsDB, atomic_write_text
-from beyondmle.spec import Spec
+from beyondmle.spec import CorpusSpec, Spec
 from beyondmle.training import ObjectiveModule, ProgressLog, build_trainer, load_model
 from objectives import ObjectiveDiverged
 
@@ -109,15 +109,14 @@ def load_corpora(spec: Spec) -> dict[str, Corpus]:
     block = ModelConfig(**spec.model).block_size
     window = spec.evaluation.prompt_tokens + spec.evaluation.continuation_tokens
     for cs in spec.corpora:
-        key = json.dumps([cs.name, cs.settings], sort_keys=True)
         corpus = load_corpus(cs.name, **cs.settings)
         check_corpus_fits(corpus, block, window)
-        corpora[key] = corpus
+        corpora[_corpus_key(cs)] = corpus
     return corpora
 
 
-def _corpus_key(cell: Cell) -> str:
-    return json.dumps([cell.corpus.name, cell.corpus.settings], sort_keys=True)
+def _corpus_key(corpus: CorpusSpec) -> str:
+    return json.dumps([corpus.name, corpus.settings], sort_keys=True)
 
 
 def run_spec(
@@ -146,7 +145,7 @@ def run_spec(
         progress.cell(index, cell, "running")
         try:
             train_seconds = run_cell(
-                cell, spec, corpora[_corpus_key(cell)], db, worker, out_dir, progress_bar
+                cell, spec, corpora[_corpus_key(cell.corpus)], db, worker, out_dir, progress_bar
             )
         except (KeyboardInterrupt, SystemExit, CellInterrupted):
             # Lightning turns a Ctrl-C inside `trainer.fit` into `sys.exit(1)`: give the cell

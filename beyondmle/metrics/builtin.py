@@ -17,6 +17,8 @@ from beyondmle.metrics.repetition import next_token_repetition, seq_rep_n
 # Teacher-forced passes materialise (batch, T, V) logits; small batches keep them in cache,
 # which on CPU was ~4x faster than 64 windows at a time (PTB, 10k vocabulary).
 LIKELIHOOD_BATCH = 8
+# What changes a metric computed on the generated token lists alone.
+SAMPLE_SETTINGS = ("tokenizer", "num_samples", "continuation_tokens")
 
 
 @register_metric(
@@ -74,7 +76,7 @@ def _continuation(inputs: EvalInputs) -> list[MetricValue]:
     version="1",
     needs={"samples"},
     per_decoding=True,
-    settings=("tokenizer", "num_samples", "continuation_tokens"),
+    settings=SAMPLE_SETTINGS,
 )
 def _distinct(inputs: EvalInputs) -> list[MetricValue]:
     return [MetricValue(f"distinct_{n}", distinct_n(inputs.samples, n)) for n in range(1, 5)]
@@ -105,7 +107,7 @@ def _self_bleu(inputs: EvalInputs) -> list[MetricValue]:
     version="1",
     needs={"samples"},
     per_decoding=True,
-    settings=("tokenizer", "num_samples", "continuation_tokens"),
+    settings=SAMPLE_SETTINGS,
 )
 def _seq_rep(inputs: EvalInputs) -> list[MetricValue]:
     return [MetricValue("seq_rep_4", seq_rep_n(inputs.samples, 4))]
@@ -116,7 +118,7 @@ def _seq_rep(inputs: EvalInputs) -> list[MetricValue]:
     version="1",
     needs={"samples"},
     per_decoding=True,
-    settings=("tokenizer", "num_samples", "continuation_tokens"),
+    settings=SAMPLE_SETTINGS,
 )
 def _entropy(inputs: EvalInputs) -> list[MetricValue]:
     return [MetricValue("entropy_4", ngram_entropy(inputs.samples, 4))]
@@ -127,7 +129,7 @@ def _entropy(inputs: EvalInputs) -> list[MetricValue]:
     version="1",
     needs={"samples"},
     per_decoding=True,
-    settings=("tokenizer", "num_samples", "continuation_tokens"),
+    settings=SAMPLE_SETTINGS,
 )
 def _zipf(inputs: EvalInputs) -> list[MetricValue]:
     """Undefined (stored as NULL with a warning) when the samples hold one distinct token, as
