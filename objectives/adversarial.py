@@ -377,7 +377,7 @@ class Adversarial(Objective):
         try:
             rows = generate(model, prompt, length, DecodingConfig())
         except RuntimeError as err:
-            # torch.multinomial refuses NaN/inf probabilities: report a diverged generator.
+            # Sampling refuses NaN/inf probabilities: report a diverged generator.
             if any(not torch.isfinite(p).all() for p in model.parameters()):
                 raise ObjectiveDiverged(
                     f"adversarial: generator weights are not finite at step {state.step}"

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from beyondmle.decoding import sample_categorical
 from beyondmle.model import GPT
 from objectives.base import Objective, ObjectiveOutput, ObjectiveSettings, TrainingState, token_nll
 from objectives.registry import register_objective
@@ -217,8 +218,7 @@ def predicted_tokens(
         chosen = prev.argmax(dim=-1)
     elif mixing == "sample":
         probs = torch.softmax(prev / temperature, dim=-1)
-        flat = torch.multinomial(probs.flatten(0, 1), 1, generator=generator)
-        chosen = flat.view(prev.shape[:-1])
+        chosen = sample_categorical(probs.flatten(0, 1), generator).view(prev.shape[:-1])
     else:
         raise ValueError(f"mixing must be 'argmax' or 'sample' for tokens, got {mixing!r}")
     return torch.cat([gold[:, :1], chosen.to(gold.dtype)], dim=1)

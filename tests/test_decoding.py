@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from beyondmle.decoding import DecodingConfig, filter_logits, generate, next_token
+from beyondmle.decoding import (
+    DecodingConfig,
+    filter_logits,
+    generate,
+    next_token,
+    sample_categorical,
+)
 from beyondmle.model import GPT, ModelConfig
 
 VOCAB = 19
@@ -181,6 +187,47 @@ def test_low_temperature_sampling_concentrates_on_the_argmax():
     assert set(cold.tolist()) == {1}
     warm = next_token(logits, DecodingConfig(temperature=1.0), g)
     assert set(warm.tolist()) == {0, 1, 2}
+
+
+# -- the sampler -------------------------------------------------------------------------------
+
+
+def test_sampled_frequencies_follow_the_temperature_scaled_distribution():
+    n = 20000
+    temperature = 1.5
+    g = torch.Generator().manual_seed(3)
+    samples = next_token(LOGITS.expand(n, -1), DecodingConfig(temperature=temperature), g)
+    counts = torch.bincount(samples, minlength=6)
+    expected = (LOGITS[0] / temperature).softmax(dim=-1)
+    for token, p in enumerate(expected.tolist()):
+        assert abs(counts[token].item() / n - p) <= 4 * math.sqrt(p * (1 - p) / n)
+
+
+def test_the_sampler_never_draws_a_token_of_probability_zero():
+    # Zero-mass tokens first, last and between: each has an empty interval of the CDF.
+    probs = torch.tensor([[0.0, 0.3, 0.0, 0.0, 0.7, 0.0]]).expand(5000, -1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_categorical(probs, g).tolist()) == {1, 4}
+
+
+def test_the_sampler_takes_unnormalised_rows():
+    probs = torch.tensor([[2.0, 0.0, 6.0]]).expand(20000, -1)
+    g = torch.Generator().manual_seed(1)
+    share = (sample_categorical(probs, g) == 2).float().mean().item()
+    assert abs(share - 0.75) <= 4 * math.sqrt(0.75 * 0.25 / 20000)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_the_sampler_refuses_non_finite_probabilities_like_multinomial(bad):
+    with pytest.raises(RuntimeError, match="finite"):
+        sample_categorical(torch.tensor([[0.5, bad, 0.5]]))
+
+
+def test_the_sampler_is_reproducible_under_a_seeded_generator():
+    probs = LOGITS.softmax(dim=-1).expand(64, -1)
+    first = sample_categorical(probs, torch.Generator().manual_seed(7))
+    second = sample_categorical(probs, torch.Generator().manual_seed(7))
+    assert torch.equal(first, second)
 
 
 # -- config --------------------------------------------------------------------------------------
