@@ -26,44 +26,50 @@ def _compute_dtype(h: torch.Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size):  # noqa: ANN001 (autograd signature)
+    def forward(ctx, hidden, weight, targets, chunk_size, grad_enabled):  # noqa: ANN001
         dtype = _compute_dtype(hidden)
         h = hidden.to(dtype)
         w = weight.to(dtype)
+        # Ignored positions never reach the output projection: scoring only the second half of
+        # each sliding window (perplexity's default stride) halves the largest matmul.
         valid = targets != IGNORE
         count = int(valid.sum())
-        need_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_h = torch.zeros_like(hidden, dtype=torch.float32) if need_grads else None
+        kept = None if count == targets.numel() else valid.nonzero().squeeze(1)
+        if kept is not None:
+            h, targets = h.index_select(0, kept), targets.index_select(0, kept)
+        # Under no_grad a parameter still "needs" a gradient, so ask the caller's grad mode:
+        # evaluation then runs one matmul per chunk instead of three.
+        need_grads = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
+        grad_h = torch.zeros_like(h, dtype=torch.float32) if need_grads else None
         grad_w = (
             torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-            if (need_grads)
+            if need_grads
             else None
         )
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         scale = 1.0 / max(count, 1)
         for start in range(0, h.size(0), chunk_size):
             stop = min(start + chunk_size, h.size(0))
-            rows = valid[start:stop]
-            if not bool(rows.any()):
-                continue
             hc = h[start:stop]
             logits = (hc @ w.T).float()  # (n, V)
-            t = targets[start:stop].clamp_min(0)
+            t = targets[start:stop]
             picked = logits.gather(1, t[:, None]).squeeze(1)
             # One pass of exp serves the log-sum-exp and the softmax: e = exp(x - max).
             peak = logits.amax(dim=-1, keepdim=True)
             e = logits.sub_(peak).exp_()
             norm = e.sum(dim=-1)
             lse = peak.squeeze(1) + norm.log()
-            total += ((lse - picked) * rows).sum()
+            total += (lse - picked).sum()
             if not need_grads:
                 continue
             grad = e.div_(norm[:, None])  # softmax, in place
             grad[torch.arange(stop - start, device=grad.device), t] -= 1.0
-            grad.mul_((rows * scale)[:, None])
+            grad.mul_(scale)
             grad = grad.to(dtype)
             grad_h[start:stop] = (grad @ w).float()
             grad_w += (grad.T @ hc).float()
+        if need_grads and kept is not None:
+            grad_h = torch.zeros_like(hidden, dtype=torch.float32).index_copy_(0, kept, grad_h)
         if need_grads:
             ctx.save_for_backward(grad_h.to(hidden.dtype), grad_w.to(weight.dtype))
         return total * scale
@@ -71,7 +77,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # noqa: ANN001
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_output, grad_w * grad_output, None, None
+        return grad_h * grad_output, grad_w * grad_output, None, None, None
 
 
 def linear_cross_entropy(
@@ -83,4 +89,4 @@ def linear_cross_entropy(
             f"expected hidden (N, C) and targets (N,), got {tuple(hidden.shape)} and "
             f"{tuple(targets.shape)}"
         )
-    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_size, torch.is_grad_enabled())

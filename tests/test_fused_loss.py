@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from beyondmle.fused_loss import linear_cross_entropy
 from beyondmle.model import GPT, ModelConfig
@@ -52,11 +53,26 @@ def test_fused_loss_under_bf16_autocast_is_close_to_the_plain_one() -> None:
 
 
 def test_without_gradients_only_the_loss_is_computed() -> None:
-    hidden, weight = torch.randn(10, 4), torch.randn(6, 4)
-    targets = torch.randint(0, 6, (10,))
-    with torch.no_grad():
+    # A parameter requires grad even under no_grad (evaluation): one matmul, not three.
+    N, C, V = 10, 4, 6
+    hidden, weight = torch.randn(N, C), torch.randn(V, C, requires_grad=True)
+    targets = torch.randint(0, V, (N,))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         loss = linear_cross_entropy(hidden, weight, targets)
+    assert counter.get_total_flops() == 2 * N * C * V
     assert torch.allclose(loss, F.cross_entropy(hidden @ weight.T, targets), atol=1e-6)
+
+
+def test_ignored_targets_never_reach_the_output_projection() -> None:
+    N, C, V = 12, 4, 6
+    hidden, weight = torch.randn(N, C), torch.randn(V, C)
+    targets = torch.randint(0, V, (N,))
+    targets[:8] = -100
+    with FlopCounterMode(display=False) as counter:
+        loss = linear_cross_entropy(hidden, weight, targets)
+    assert counter.get_total_flops() == 2 * 4 * C * V
+    plain = F.cross_entropy(hidden @ weight.T, targets, ignore_index=-100)
+    assert torch.allclose(loss, plain, atol=1e-6)
 
 
 def test_all_targets_ignored_gives_zero_loss() -> None:

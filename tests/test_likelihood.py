@@ -241,3 +241,28 @@ def test_continuation_scores_score_only_the_continuations_given_their_prompts(ba
     # Row 0: 4, 5, 6 predicted, 9 not. Row 1: 8, 9 predicted, 3 not, 4 predicted (after 3).
     assert result.tokens == 8
     assert result.nll == pytest.approx(6 * hit + 2 * miss, rel=1e-5)
+
+
+class LogitsOf(nn.Module):
+    """The GPT seen only through its logits: perplexity's generic path."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+
+@pytest.mark.parametrize("stride", [1, BLOCK // 2, BLOCK])
+def test_the_gpt_fused_path_scores_exactly_what_its_logits_do(stride):
+    from beyondmle.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=37, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(config)
+    tokens = random_stream(60, 37)
+    fused = perplexity(model, tokens, BLOCK, stride=stride, batch_size=3)
+    plain = perplexity(LogitsOf(model), tokens, BLOCK, stride=stride, batch_size=3)
+    assert fused.tokens == plain.tokens == 59
+    assert fused.nll == pytest.approx(plain.nll, rel=1e-5)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from beyondmle.model import GPT
+
 
 @dataclass(frozen=True)
 class Likelihood:
@@ -96,14 +98,28 @@ def perplexity(
             inputs[row, : end - start - 1] = tokens[start : end - 1]
             keep = slice(first - start - 1, end - start - 1)
             targets[row, keep] = tokens[first:end]
-        logits = model(inputs.to(device)).float()
-        loss = F.cross_entropy(
-            logits.flatten(0, 1), targets.to(device).flatten(), ignore_index=-100, reduction="sum"
-        )
-        nll += loss.item()
-        scored += int((targets != -100).sum())
+        count = int((targets != -100).sum())
+        nll += _summed_nll(model, inputs.to(device), targets.to(device), count)
+        scored += count
     model.train(was_training)
     return Likelihood(nll=nll, tokens=scored, words=words, bytes=num_bytes)
+
+
+def _summed_nll(
+    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, count: int
+) -> float:
+    """Summed NLL of the `count` targets (B, T) that are not -100.
+
+    The shared GPT fuses its output projection with the cross-entropy and skips ignored
+    positions, so the half of each window that only gives context costs no logits: with the
+    default stride that is ~40% of the evaluation's time on CPU, with identical values.
+    """
+    if isinstance(model, GPT):
+        return model.nll(inputs, targets).item() * count
+    logits = model(inputs).float()
+    return F.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+    ).item()
 
 
 @torch.no_grad()
