@@ -8,9 +8,11 @@ text, so the benchmark sweeps these settings over one trained model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from beyondmle.model import GPT
 
@@ -96,21 +98,39 @@ def next_token(logits: torch.Tensor, config: DecodingConfig, generator=None) -> 
 def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
     """One draw per row (B,) from the categorical distributions `probs` (B, V), by inverse CDF.
 
-    One uniform per row is located in the row's cumulative sums. This is exact (a token of
-    probability 0 has an empty interval, so filtered tokens are never drawn), and on CPU it is
-    about 25x faster than `torch.multinomial` for a 10k vocabulary, which made sampling the
-    largest cost of evaluation. The sums are in float64 so that rare tokens keep their share.
-    Like `torch.multinomial`, it raises RuntimeError on non-finite probabilities.
+    One uniform per row is located in two steps: among blocks of about sqrt(V) tokens, by the
+    cumulative block masses, then within the chosen block, by its own cumulative sums (in
+    float64, so a rare token keeps its share of the block's mass). This is exact up to float
+    rounding of the block masses, a token of probability 0 has an empty interval and is never
+    drawn, and rows need not be normalised. On CPU it is 4x (B = 64) to 20x (B = 2048, as in
+    scheduled sampling's training passes) faster than `torch.multinomial`, which had made
+    sampling the largest cost of evaluation. Like `torch.multinomial`, it raises RuntimeError
+    on non-finite probabilities.
     """
-    cdf = probs.double().cumsum(dim=-1)  # (B, V)
-    if not bool(torch.isfinite(cdf[:, -1]).all() and (cdf[:, -1] > 0).all()):
-        raise RuntimeError("probabilities must be finite and not all zero")
-    u = torch.rand(probs.size(0), 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    B, V = probs.shape
+    width = math.isqrt(V - 1) + 1  # block width: ceil(sqrt(V))
+    blocks = -(-V // width)
+    if blocks * width != V:
+        probs = F.pad(probs, (0, blocks * width - V))
+    grid = probs.view(B, blocks, width)
+    cdf = grid.sum(dim=-1).double().cumsum(dim=-1)  # (B, blocks)
     total = cdf[:, -1:].contiguous()  # (B, 1)
-    index = torch.searchsorted(cdf, u * total, right=True)  # (B, 1)
-    # u * total can round up to total itself; then the draw is the last token with mass.
-    last = torch.searchsorted(cdf, total)
-    return torch.minimum(index, last).squeeze(1)
+    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+        raise RuntimeError("probabilities must be finite and not all zero")
+    u = torch.rand(B, 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * total
+    # The first block whose cumulative mass exceeds u; u can round up to the total itself,
+    # and then it is the last block with mass. Likewise within the block.
+    block = torch.minimum(
+        torch.searchsorted(cdf, u, right=True), torch.searchsorted(cdf, total)
+    )  # (B, 1)
+    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp_min(0)), 0.0)
+    inner = grid.gather(1, block[:, :, None].expand(B, 1, width)).squeeze(1)
+    inner = inner.double().cumsum(dim=-1)  # (B, width)
+    within = torch.minimum(
+        torch.searchsorted(inner, u - before, right=True),
+        torch.searchsorted(inner, inner[:, -1:].contiguous()),
+    )
+    return (block * width + within).squeeze(1)
 
 
 @torch.no_grad()

@@ -210,6 +210,27 @@ def test_the_sampler_never_draws_a_token_of_probability_zero():
     assert set(sample_categorical(probs, g).tolist()) == {1, 4}
 
 
+@pytest.mark.parametrize("vocab", [1, 2, 7, 36, 37])
+def test_sampled_frequencies_match_across_blocks_and_a_ragged_last_block(vocab):
+    # Blocks are ceil(sqrt(V)) tokens wide: 37 leaves a ragged last block. Zero-mass tokens sit
+    # at block edges and fill the whole first block, which must be skipped.
+    g = torch.Generator().manual_seed(vocab)
+    probs = torch.rand(vocab, generator=g) + 0.05
+    width = math.isqrt(vocab - 1) + 1
+    probs[: min(width, vocab - 1)] = 0.0
+    probs[width::width] = 0.0
+    if vocab > 1:
+        probs[-1] = 0.0 if probs[:-1].sum() > 0 else probs[-1]
+    probs /= probs.sum()
+    n = 100_000
+    counts = torch.bincount(sample_categorical(probs.expand(n, -1), g), minlength=vocab)
+    for token, p in enumerate(probs.tolist()):
+        if p == 0.0:
+            assert counts[token] == 0, token
+        else:
+            assert abs(counts[token].item() / n - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
 def test_the_sampler_takes_unnormalised_rows():
     probs = torch.tensor([[2.0, 0.0, 6.0]]).expand(20000, -1)
     g = torch.Generator().manual_seed(1)
