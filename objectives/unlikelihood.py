@@ -76,25 +76,26 @@ class UnlikelihoodSettings(ObjectiveSettings):
                 raise ValueError(f"{name} must be an integer in [1, inf), got {value!r}")
 
 
-def token_candidates(targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Token-level negative candidates (§5.1) as a boolean mask (B, T, V).
+def token_candidates(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-level negative candidates (§5.1), sparse: ids (B, T, T) and which count (B, T, T).
 
-    `mask[b, t, c]` is true when token c occurs among the earlier targets `targets[b, :t]` and
-    differs from the target `targets[b, t]`; each candidate counts once however often it
-    occurred. As in the authors' code this is "the triangle" over the targets (their strictly
-    lower-triangular matrix, then removing the current target), so the block's first input
-    token, which is never a target, is not a candidate. Unlike that code the padding column is
-    never marked: their triangle fills its upper part with the padding id and so penalises
-    p(pad) at every position, which here would be a real token.
+    Position t may penalise the earlier targets `ids[b, t, j] = targets[b, j]`; `keep[b, t, j]`
+    holds when j < t, that target differs from `targets[b, t]`, and j is its first occurrence
+    in the row, so each candidate counts once however often it occurred. As in the authors'
+    code this is "the triangle" over the targets (their strictly lower-triangular matrix, then
+    removing the current target), so the block's first input token, which is never a target,
+    is not a candidate. Unlike that code the padding column is never marked: their triangle
+    fills its upper part with the padding id and so penalises p(pad) at every position, which
+    here would be a real token. A (B, T, V) mask would hold the same sets at V / T times the
+    memory; it made this objective the slowest to train.
     """
     B, T = targets.shape
-    ctx = targets[:, None, :].expand(B, T, T)  # ctx[b, t, j] = targets[b, j]
+    ids = targets[:, None, :].expand(B, T, T)  # ids[b, t, j] = targets[b, j]
     earlier = torch.ones(T, T, dtype=torch.bool, device=targets.device).tril(-1)  # j < t
-    keep = earlier & (ctx != targets[:, :, None])
-    index = torch.where(keep, ctx, vocab_size)  # non-candidates go to a spare column V
-    mask = torch.zeros(B, T, vocab_size + 1, dtype=torch.bool, device=targets.device)
-    mask.scatter_(2, index, True)
-    return mask[..., :vocab_size]
+    same = targets[:, :, None] == targets[:, None, :]  # (B, T, T): targets j and j' are equal
+    first = ~(same & earlier).any(-1)  # (B, T): no earlier equal target
+    keep = earlier & first[:, None, :] & (ids != targets[:, :, None])
+    return ids, keep
 
 
 def repeated_ngram_starts(tokens: torch.Tensor, n: int) -> torch.Tensor:
@@ -174,22 +175,23 @@ class Unlikelihood(Objective):
         """
         targets = batch[:, 1:]
         logits = model(batch[:, :-1])  # (B, T, V)
-        nll = token_nll(logits, targets)
-        logs: dict[str, float | torch.Tensor] = {"nll": nll.detach()}
         if self.settings.alpha == 0.0:
-            logs.update(alpha_term=0.0, sequence_update=0.0)
+            nll = token_nll(logits, targets)
+            logs = {"nll": nll.detach(), "alpha_term": 0.0, "sequence_update": 0.0}
             return ObjectiveOutput(loss=nll, logs=logs)
-        candidates = token_candidates(targets, logits.size(-1))
-        log_probs = logits.float().log_softmax(-1)
-        penalty = one_minus_p_nll(log_probs, TOKEN_MIN_ONE_MINUS_P)
-        ul = torch.where(candidates, penalty, 0.0).sum() / targets.numel()
+        log_probs = logits.float().log_softmax(-1)  # (B, T, V)
+        nll = -log_probs.gather(-1, targets[..., None]).mean()
+        ids, keep = token_candidates(targets)
+        penalty = one_minus_p_nll(log_probs.gather(-1, ids), TOKEN_MIN_ONE_MINUS_P)  # (B, T, T)
+        ul = torch.where(keep, penalty, 0.0).sum() / targets.numel()
         alpha_term = self.settings.alpha * ul
-        logs.update(
-            ul_token=ul.detach(),
-            alpha_term=alpha_term.detach(),
-            candidates_per_token=candidates.sum() / targets.numel(),
-            sequence_update=0.0,
-        )
+        logs: dict[str, float | torch.Tensor] = {
+            "nll": nll.detach(),
+            "ul_token": ul.detach(),
+            "alpha_term": alpha_term.detach(),
+            "candidates_per_token": keep.sum() / targets.numel(),
+            "sequence_update": 0.0,
+        }
         return ObjectiveOutput(loss=nll + alpha_term, logs=logs)
 
     def lengths(self, batch_width: int) -> tuple[int, int]:

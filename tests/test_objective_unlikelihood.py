@@ -37,8 +37,15 @@ def tiny_model(seed: int = 0) -> GPT:
     return GPT(CONFIG)
 
 
-def candidate_sets(mask: torch.Tensor) -> list[list[set[int]]]:
-    return [[set(torch.nonzero(m).flatten().tolist()) for m in row] for row in mask]
+def candidate_sets(targets: torch.Tensor) -> list[list[set[int]]]:
+    """Each position's candidate set, from the sparse ids and keep flags; a candidate listed
+    twice at one position would be penalised twice, so it fails the count check too."""
+    ids, keep = token_candidates(targets)
+    B, T, _ = ids.shape
+    sets = [[set(ids[b, t][keep[b, t]].tolist()) for t in range(T)] for b in range(B)]
+    counts = [[int(keep[b, t].sum()) for t in range(T)] for b in range(B)]
+    assert counts == [[len(c) for c in row] for row in sets]
+    return sets
 
 
 def reference_token_loss(model: GPT, batch: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -78,7 +85,7 @@ def test_alpha_zero_equals_mle():
 )
 def test_no_candidates_equals_mle(batch):
     model = tiny_model()
-    assert not token_candidates(batch[:, 1:], VOCAB).any()
+    assert not token_candidates(batch[:, 1:])[1].any()
     out = make(alpha=1.0).loss(model, batch, START)
     assert torch.equal(out.loss, token_nll(model(batch[:, :-1]), batch[:, 1:]))
     assert float(out.logs["candidates_per_token"]) == 0.0
@@ -89,7 +96,7 @@ def test_candidate_mask_hand_example():
     # The first input token (9) is never a target, so never a candidate (as in the authors'
     # triangle over the targets); rows never share candidates.
     batch = torch.tensor([[9, 5, 6, 5, 7, 6], [8, 1, 1, 2, 3, 1]])
-    sets = candidate_sets(token_candidates(batch[:, 1:], VOCAB))
+    sets = candidate_sets(batch[:, 1:])
     assert sets[0] == [set(), {5}, {6}, {5, 6}, {5, 7}]
     assert sets[1] == [set(), set(), {1}, {1, 2}, {2, 3}]
 
@@ -108,8 +115,8 @@ def candidate_probabilities(model: GPT, batch: torch.Tensor) -> tuple[float, flo
     """p(3) at the last position, and the candidate mass summed over all positions."""
     with torch.no_grad():
         probs = model(batch[:, :-1]).softmax(-1)
-    mask = token_candidates(batch[:, 1:], VOCAB)
-    return probs[0, -1, 3].item(), probs[mask].sum().item()
+    ids, keep = token_candidates(batch[:, 1:])
+    return probs[0, -1, 3].item(), probs.gather(-1, ids)[keep].sum().item()
 
 
 def test_token_unlikelihood_lowers_repeated_candidate_more_than_mle():
