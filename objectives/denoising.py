@@ -95,6 +95,7 @@ from dataclasses import dataclass
 
 import torch
 
+from beyondmle.fused_loss import linear_cross_entropy
 from beyondmle.model import GPT, ModelConfig
 from objectives.base import (
     Objective,
@@ -102,7 +103,6 @@ from objectives.base import (
     ObjectiveSettings,
     SpecialTokens,
     TrainingState,
-    token_nll,
 )
 from objectives.registry import register_objective
 
@@ -401,8 +401,11 @@ class Denoising(Objective):
     def loss(self, model: GPT, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
         seed = int(torch.randint(0, 2**62, (1,)))
         ex = self.build_examples(batch, torch.Generator().manual_seed(seed))
-        logits = model(ex.inputs)  # (N, T, V)
-        loss = token_nll(logits, ex.targets)
+        # The fused projection + cross-entropy skips the source and padding positions (target
+        # -100) and never materialises (N, T, V) logits: half of a noised example's positions.
+        hidden = model.forward_hidden(model.embed(ex.inputs)).flatten(0, 1)  # (N * T, C)
+        weight = model.lm_head.weight
+        loss = linear_cross_entropy(hidden, weight, ex.targets.flatten())
         logs: dict[str, float | torch.Tensor] = {
             "nll": loss.detach(),
         }
@@ -410,8 +413,9 @@ class Denoising(Objective):
         logs["full_mask_share"] = n_full / max(1, batch.size(0))  # share of rows
         with torch.no_grad():
             if 0 < n_full < ex.plain.numel():
-                logs["nll_plain"] = token_nll(logits[ex.plain], ex.targets[ex.plain])
-                logs["nll_denoise"] = token_nll(logits[~ex.plain], ex.targets[~ex.plain])
+                for name, rows in (("nll_plain", ex.plain), ("nll_denoise", ~ex.plain)):
+                    targets = ex.targets.masked_fill(~rows[:, None], -100).flatten()
+                    logs[name] = linear_cross_entropy(hidden.detach(), weight, targets)
         if ex.noise_share:
             logs["noise_share"] = sum(ex.noise_share) / len(ex.noise_share)
             logs["noise_level"] = sum(ex.noise_level) / len(ex.noise_level)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beyondmle.model import GPT, ModelConfig
-from objectives.base import SpecialTokens, TrainingState
+from objectives.base import SpecialTokens, TrainingState, token_nll
 from objectives.denoising import (
     Denoising,
     DenoisingSettings,
@@ -338,6 +338,28 @@ def test_full_mask_prob_one_gives_exactly_the_mle_loss() -> None:
     mle = MLE(MLESettings(), CONFIG, SPECIAL).loss(model, batch, state)
     assert torch.equal(denoise.loss, mle.loss)
     assert denoise.logs["full_mask_share"] == 1.0
+
+
+def test_loss_and_its_parts_equal_cross_entropy_on_the_examples_logits() -> None:
+    # The fused loss skips source and padding positions; it must score exactly the targets.
+    torch.manual_seed(0)
+    model = GPT(CONFIG).eval()
+    batch = make_batch(B=8, seed=5)
+    obj = objective(full_mask_prob=0.5)
+    state = TrainingState(step=0, progress=0.0)
+    torch.manual_seed(11)
+    out = obj.loss(model, batch, state)
+    torch.manual_seed(11)
+    seed = int(torch.randint(0, 2**62, (1,)))
+    ex = obj.build_examples(batch, torch.Generator().manual_seed(seed))
+    assert 0 < int(ex.plain.sum()) < ex.plain.numel()  # both kinds of example in the batch
+    with torch.no_grad():
+        logits = model(ex.inputs)
+    torch.testing.assert_close(out.loss, token_nll(logits, ex.targets))
+    plain = token_nll(logits[ex.plain], ex.targets[ex.plain])
+    denoise = token_nll(logits[~ex.plain], ex.targets[~ex.plain])
+    torch.testing.assert_close(out.logs["nll_plain"], plain)
+    torch.testing.assert_close(out.logs["nll_denoise"], denoise)
 
 
 def test_a_few_optimisation_steps_give_finite_losses() -> None:
