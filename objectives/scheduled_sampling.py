@@ -46,8 +46,9 @@ import torch
 from torch import nn
 
 from beyondmle.decoding import sample_categorical
+from beyondmle.fused_loss import linear_cross_entropy
 from beyondmle.model import GPT
-from objectives.base import Objective, ObjectiveOutput, ObjectiveSettings, TrainingState, token_nll
+from objectives.base import Objective, ObjectiveOutput, ObjectiveSettings, TrainingState
 from objectives.registry import register_objective
 
 SCHEDULES = ("constant", "linear", "exponential", "inverse_sigmoid")
@@ -270,26 +271,30 @@ def parallel_passes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `passes` passes (Duckworth et al. 2019, §3): pass 1 on the gold inputs (B, T), each
     later pass on gold inputs mixed, under the one `mask`, with the previous pass's
-    predictions. Returns the last pass's logits (B, T, V) and inputs: ids (B, T), or token
+    predictions. Returns the last pass's final hidden states (B, T, C), which the loss projects
+    to the vocabulary fused with the cross-entropy, and its inputs: ids (B, T), or token
     embeddings (B, T, C) under soft mixing.
 
     Passes before the last run without gradient unless `grad_through_passes`."""
     grad = torch.is_grad_enabled()
     inputs: torch.Tensor = gold
     logits: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
     for index in range(passes):
         with torch.set_grad_enabled(grad and (index == passes - 1 or grad_through_passes)):
             if logits is None:
-                logits = model(gold)
-                continue
-            if mixing == "soft":
+                embedded = model.embed(gold)
+            elif mixing == "soft":
                 inputs = mix_token_embeddings(gold, logits, mask, model.wte, temperature)
-                logits = model.forward_embeddings(model.embed_vectors(inputs))
+                embedded = model.embed_vectors(inputs)
             else:
                 inputs = mix_token_ids(gold, logits, mask, mixing, temperature, generator)
-                logits = model(inputs)
-    assert logits is not None
-    return logits, inputs
+                embedded = model.embed(inputs)
+            hidden = model.forward_hidden(embedded)
+            if index < passes - 1:
+                logits = model.lm_head(hidden)  # (B, T, V): this pass's predictions
+    assert hidden is not None
+    return hidden, inputs
 
 
 @register_objective("scheduled_sampling")
@@ -306,10 +311,10 @@ class ScheduledSampling(Objective):
         gold, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
         prob = replacement_prob(s, state.progress)
         mask = replacement_mask(tuple(gold.shape), prob, gold.device)
-        logits, inputs = parallel_passes(
+        hidden, inputs = parallel_passes(
             model, gold, mask, s.passes, s.mixing, s.temperature, s.grad_through_passes
         )
-        loss = token_nll(logits, targets)
+        loss = linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, targets.flatten())
         logs: dict[str, float | torch.Tensor] = {"nll": loss.detach(), "replace_prob": prob}
         if gold.size(1) > 1:
             logs["replaced_share"] = mask[:, 1:].float().mean()

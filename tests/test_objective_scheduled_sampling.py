@@ -145,7 +145,8 @@ def test_full_argmax_replacement_loss_is_the_nll_on_the_predicted_prefix(passes:
             inputs = torch.cat([gold[:, :1], model(inputs).argmax(-1)[:, :-1]], dim=1)
     expected = token_nll(model(inputs), targets)
     expected.backward()
-    assert torch.allclose(out.loss, expected, rtol=0.0, atol=1e-7)
+    # The objective's loss is fused with the output projection: equal to float32 rounding.
+    assert torch.allclose(out.loss, expected, rtol=1e-6, atol=0.0)
     assert_same_grads(grads, {n: p.grad for n, p in model.named_parameters()})
     assert float(out.logs["changed_share"]) == (inputs[:, 1:] != gold[:, 1:]).float().mean()
 
@@ -181,14 +182,14 @@ def test_soft_full_replacement_is_the_expected_embedding() -> None:
 
 def test_soft_mixing_at_low_temperature_matches_argmax_token_inputs() -> None:
     """Soft inputs get positions and dropout as `GPT.embed` gives token inputs: a near one-hot
-    mixture gives the logits of feeding the argmax tokens themselves."""
+    mixture gives the hidden states (and so logits) of feeding the argmax tokens themselves."""
     model, batch = make_model(), make_batch()
     gold = batch[:, :-1]
     mask = replacement_mask(tuple(gold.shape), 1.0)
     with torch.no_grad():
-        soft_logits, _ = parallel_passes(model, gold, mask, 2, "soft", temperature=1e-4)
-        argmax_logits, _ = parallel_passes(model, gold, mask, 2, "argmax")
-    assert torch.allclose(soft_logits, argmax_logits, atol=1e-5)
+        soft_hidden, _ = parallel_passes(model, gold, mask, 2, "soft", temperature=1e-4)
+        argmax_hidden, _ = parallel_passes(model, gold, mask, 2, "argmax")
+    assert torch.allclose(soft_hidden, argmax_hidden, atol=1e-5)
 
 
 def test_sampling_follows_the_tempered_softmax() -> None:
