@@ -10,6 +10,7 @@ from torch import nn
 
 from beyondmle.decoding import (
     DecodingConfig,
+    _sort_rows_descending,
     filter_logits,
     generate,
     next_token,
@@ -187,6 +188,17 @@ def test_low_temperature_sampling_concentrates_on_the_argmax():
     assert set(cold.tolist()) == {1}
     warm = next_token(logits, DecodingConfig(temperature=1.0), g)
     assert set(warm.tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_radix_row_sort_equals_a_stable_descending_sort(seed):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.randint(0, 6, (7, 50), generator=g).float() / 5  # many ties, zeros and ones
+    probs[0] = 0.0
+    values, order = _sort_rows_descending(probs)
+    expected = torch.sort(probs, dim=-1, descending=True, stable=True)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(order, expected.indices)
 
 
 # -- the sampler -------------------------------------------------------------------------------
