@@ -5,7 +5,10 @@
 Prints tokens/s of training (4 layers, 4 heads, width 256, context 128, batch 32, vocabulary
 10k, bf16 autocast), this machine's bf16 matrix-multiply peak measured in the same run, the
 model-FLOPs utilization (MFU), and KV-cached generation against recomputing the whole context
-every step (context 512: 128-token prompts, 256 new tokens).
+every step (context 512: 128-token prompts, 256 new tokens). Then the sampling step alone, on
+PTB-sized rows (vocabulary 10k): our inverse-CDF draw against `torch.multinomial`, and the
+radix row sort behind top-p against a float sort per row, at the batch of evaluation (64) and
+of scheduled sampling's training pass (2048 = 32 x 64 positions).
 
 FLOPs per token = 6·N + 12·L·T·d, N = parameters excluding position embeddings (nanoGPT's
 `estimate_mfu`, after Kaplan et al. 2020 and the PaLM paper, App. B).
@@ -22,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.decoding import DecodingConfig, generate, sample_categorical, sort_rows_descending
 from beyondmle.model import GPT, ModelConfig
 from beyondmle.training import ObjectiveModule, TrainingConfig
 
@@ -109,6 +112,28 @@ def generation_speed(batch: int, prompt: int, new: int) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+def best_ms(function, repeats: int = 20) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times)
+
+
+def sampling_speed(batch: int, vocab: int = 10_000) -> dict[str, float]:
+    """Milliseconds per call (best of 20) of each sampling primitive on (batch, vocab) rows."""
+    generator = torch.Generator().manual_seed(0)
+    probs = (2.5 * torch.randn(batch, vocab, generator=generator)).softmax(dim=-1)
+    return {
+        "multinomial": best_ms(lambda: torch.multinomial(probs, 1, generator=generator)),
+        "ours": best_ms(lambda: sample_categorical(probs, generator)),
+        "float sort": best_ms(lambda: torch.sort(probs, dim=-1, descending=True)),
+        "radix sort": best_ms(lambda: sort_rows_descending(probs)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -145,6 +170,18 @@ def main() -> None:
     print(f"  KV cache:      {cached:,.0f} tokens/s")
     print(f"  recompute:     {recomputed:,.0f} tokens/s")
     print(f"  speed-up:      {cached / recomputed:.1f}x  (target >= 5x)")
+
+    for batch in (64, 2048):
+        t = sampling_speed(batch)
+        print(f"sampling, {batch} rows x 10k tokens (ms per call, best of 20):")
+        print(
+            f"  draw:          torch.multinomial {t['multinomial']:.2f}, ours {t['ours']:.2f} "
+            f"({t['multinomial'] / t['ours']:.1f}x)"
+        )
+        print(
+            f"  top-p sort:    float per row {t['float sort']:.2f}, radix {t['radix sort']:.2f} "
+            f"({t['float sort'] / t['radix sort']:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -76,12 +76,12 @@ def _sorted_nucleus(
     before it already does. The most likely token always survives.
     """
     probs = logits.softmax(dim=-1)  # (B, V)
-    probs_sorted, order = _sort_rows_descending(probs)
+    probs_sorted, order = sort_rows_descending(probs)
     drop = (probs_sorted.cumsum(dim=-1) - probs_sorted) >= top_p
     return probs_sorted, order, drop
 
 
-def _sort_rows_descending(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sort_rows_descending(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row of non-negative `probs` (B, V) sorted in descending order, and the order.
 
     One stable sort of int64 keys (row, then the probability's bit pattern inverted; for
@@ -104,8 +104,8 @@ def next_token(logits: torch.Tensor, config: DecodingConfig, generator=None) -> 
     logits = _temperature_top_k(logits.float(), config)
     if config.top_p is None or config.top_p >= 1.0:
         return sample_categorical(logits.softmax(dim=-1), generator)
-    # Draw in sorted order, where the nucleus is a prefix, then map back to token ids: this
-    # skips scattering the mask back and a second softmax, a third of top-p's cost on CPU.
+    # Draw in sorted order, where the nucleus is a prefix, then map back to token ids: no
+    # scattering of the mask back to vocabulary order and no second softmax.
     probs, order, drop = _sorted_nucleus(logits, config.top_p)
     rank = sample_categorical(probs.masked_fill(drop, 0.0), generator)  # (B,)
     return order.gather(-1, rank[:, None]).squeeze(1)

@@ -18,6 +18,7 @@ _INFOS = [
     MetricInfo("ppl_test", "test perplexity", False, False),
     MetricInfo("ppl_valid", "valid perplexity", False, False),
     MetricInfo("ppl_word_test", "word-level test perplexity", False, False),
+    MetricInfo("ppl_word_valid", "word-level valid perplexity", False, False),
     MetricInfo("bpb_test", "test bits per byte", False, False),
     MetricInfo("bpb_valid", "valid bits per byte", False, False),
     MetricInfo("nll_continuation", "continuation NLL", False, False),

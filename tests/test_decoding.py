@@ -10,11 +10,11 @@ from torch import nn
 
 from beyondmle.decoding import (
     DecodingConfig,
-    _sort_rows_descending,
     filter_logits,
     generate,
     next_token,
     sample_categorical,
+    sort_rows_descending,
 )
 from beyondmle.model import GPT, ModelConfig
 
@@ -195,7 +195,7 @@ def test_the_radix_row_sort_equals_a_stable_descending_sort(seed):
     g = torch.Generator().manual_seed(seed)
     probs = torch.randint(0, 6, (7, 50), generator=g).float() / 5  # many ties, zeros and ones
     probs[0] = 0.0
-    values, order = _sort_rows_descending(probs)
+    values, order = sort_rows_descending(probs)
     expected = torch.sort(probs, dim=-1, descending=True, stable=True)
     assert torch.equal(values, expected.values)
     assert torch.equal(order, expected.indices)

@@ -138,3 +138,16 @@ def test_mauve_below_1000_samples_is_stored_with_its_warning(ptb, tmp_path) -> N
 def test_sample_file_names_are_safe() -> None:
     assert sample_file_name("top_p=0.9,temperature=0.8") == "top_p-0.9_temperature-0.8.jsonl"
     assert sample_file_name("greedy") == "greedy.jsonl"
+
+
+def test_every_metric_the_evaluation_writes_has_a_name_and_direction_in_the_report(
+    ptb, tmp_path
+) -> None:
+    from reports.catalogue import METRICS
+
+    ev = evaluator(ptb, featurizer="length-recorder", feature_cache=str(tmp_path), num_samples=40)
+    rows, _ = ev.model_metrics()
+    decoding = DecodingConfig(top_p=0.9)
+    sample_rows, _ = ev.sample_metrics(decoding, ev.generate(decoding, seed=0))
+    written = {r.metric for r in rows + sample_rows}
+    assert written - set(METRICS) == set()
