@@ -190,8 +190,10 @@ def test_low_temperature_sampling_concentrates_on_the_argmax():
     assert set(warm.tolist()) == {0, 1, 2}
 
 
+@pytest.mark.parametrize("max_keys", [1 << 20, 10], ids=["radix", "per-row"])
 @pytest.mark.parametrize("seed", range(5))
-def test_the_radix_row_sort_equals_a_stable_descending_sort(seed):
+def test_the_row_sort_equals_a_stable_descending_sort(seed, max_keys, monkeypatch):
+    monkeypatch.setattr("beyondmle.decoding.RADIX_SORT_MAX_KEYS", max_keys)
     g = torch.Generator().manual_seed(seed)
     probs = torch.randint(0, 6, (7, 50), generator=g).float() / 5  # many ties, zeros and ones
     probs[0] = 0.0
