@@ -405,17 +405,23 @@ class Denoising(Objective):
         # -100) and never materialises (N, T, V) logits: half of a noised example's positions.
         hidden = model.forward_hidden(model.embed(ex.inputs)).flatten(0, 1)  # (N * T, C)
         weight = model.lm_head.weight
-        loss = linear_cross_entropy(hidden, weight, ex.targets.flatten())
-        logs: dict[str, float | torch.Tensor] = {
-            "nll": loss.detach(),
-        }
         n_full = int(ex.plain.sum())
+        logs: dict[str, float | torch.Tensor] = {}
+        if 0 < n_full < ex.plain.numel():
+            # Each kind of example gets its own fused call, so the parts for the logs cost no
+            # second projection; the loss is their token-weighted mean, as one call would give.
+            total, count = 0.0, 0
+            for name, rows in (("nll_plain", ex.plain), ("nll_denoise", ~ex.plain)):
+                targets = ex.targets.masked_fill(~rows[:, None], -100).flatten()
+                part = linear_cross_entropy(hidden, weight, targets)
+                tokens = int((targets != -100).sum())
+                total, count = total + part * tokens, count + tokens
+                logs[name] = part.detach()
+            loss = total / count
+        else:
+            loss = linear_cross_entropy(hidden, weight, ex.targets.flatten())
+        logs["nll"] = loss.detach()
         logs["full_mask_share"] = n_full / max(1, batch.size(0))  # share of rows
-        with torch.no_grad():
-            if 0 < n_full < ex.plain.numel():
-                for name, rows in (("nll_plain", ex.plain), ("nll_denoise", ~ex.plain)):
-                    targets = ex.targets.masked_fill(~rows[:, None], -100).flatten()
-                    logs[name] = linear_cross_entropy(hidden.detach(), weight, targets)
         if ex.noise_share:
             logs["noise_share"] = sum(ex.noise_share) / len(ex.noise_share)
             logs["noise_level"] = sum(ex.noise_level) / len(ex.noise_level)
