@@ -102,7 +102,7 @@ def main() -> None:
 
 
 def featurization_speed() -> None:
-    from beyondmle.corpora import load_corpus
+    from beyondmle.api import load_corpus
     from beyondmle.metrics.featurizers import get_featurizer
 
     sentences = load_corpus("ptb").documents["test"][:1000]
@@ -120,7 +120,7 @@ def cell_evaluation_time() -> None:
 
     import torch
 
-    from beyondmle.corpora import load_corpus
+    from beyondmle.api import load_corpus
     from beyondmle.decoding import DecodingConfig
     from beyondmle.evaluation import EvaluationConfig, Evaluator
     from beyondmle.model import GPT, ModelConfig

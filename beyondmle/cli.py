@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from beyondmle.corpora import CorpusError
+from beyondmle.api import CorpusError, SettingsError, UnknownPluginError
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -39,8 +39,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _build_report(dirs: list[Path], into: Path) -> None:
+    from beyondmle.reports import build_report
     from beyondmle.results import merge
-    from reports import build_report
 
     merge(into, [d for d in dirs if d.resolve() != into.resolve()]).close()
     index = build_report(into)
@@ -53,22 +53,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_line(obj: object) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    from beyondmle.corpora import available_corpora
-    from beyondmle.metrics import available_metrics
-    from objectives import available_objectives
+    from beyondmle.api import CORPORA, FEATURIZERS, METRICS, OBJECTIVES
 
     print("objectives:")
-    for name, cls in available_objectives().items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"  {name:20s} {doc}")
+    for name, cls in OBJECTIVES.items().items():
+        print(f"  {name:20s} {_first_line(cls)}")
     print("corpora:")
-    for name in available_corpora():
-        print(f"  {name}")
+    for name, cls in CORPORA.items().items():
+        print(f"  {name:20s} {_first_line(cls)}")
     print("metrics:")
-    for name, metric in available_metrics().items():
+    for name, metric in METRICS.items().items():
         scope = "per decoding" if metric.per_decoding else "per model"
-        print(f"  {name:20s} {scope}, needs {', '.join(sorted(metric.needs))}")
+        values = ", ".join(o.name for o in metric.outputs)
+        print(f"  {name:20s} {scope}, needs {', '.join(sorted(metric.needs))}: {values}")
+    print("featurizers:")
+    for name, cls in FEATURIZERS.items().items():
+        print(f"  {name:20s} {_first_line(cls)}")
     return 0
 
 
@@ -111,7 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from beyondmle.corpora import load_corpus
+    from beyondmle.api import load_corpus
     from beyondmle.evaluation import EvaluationConfig, Evaluator
     from beyondmle.training import load_model
 
@@ -158,7 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_new_objective(args: argparse.Namespace) -> int:
-    from objectives.skeleton import write_skeleton
+    from beyondmle.skeleton import write_skeleton
 
     for path in write_skeleton(args.name, Path(args.dir), Path(args.tests)):
         print(f"wrote {path}")
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, CorpusError) as e:
+    except (SpecError, CorpusError, SettingsError, UnknownPluginError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from beyondmle.corpora import Corpus, CorpusError
+from beyondmle.api import Corpus, CorpusError
 
 
 class TokenBlocks(Dataset):

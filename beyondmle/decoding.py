@@ -10,29 +10,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from beyondmle.model import GPT
+from beyondmle.settings import Settings, setting
+
+
+class DecodingModel(Protocol):
+    """The part of the model interface (`beyondmle.api.CausalLM`) that decoding uses."""
+
+    training: bool
+
+    def new_cache(self, batch_size: int, max_len: int) -> Any: ...
+
+    def step(self, ids: torch.Tensor, cache: Any) -> torch.Tensor: ...
+
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
-class DecodingConfig:
+class DecodingConfig(Settings):
     """One decoding setting. `greedy` ignores the sampling knobs."""
 
     greedy: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    temperature: float = setting(1.0, gt=0.0)
+    top_k: int | None = setting(None, ge=1)
+    top_p: float | None = setting(None, gt=0.0, le=1.0)
 
     @property
     def label(self) -> str:
@@ -160,7 +167,7 @@ def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(
-    model: GPT,
+    model: DecodingModel,
     prompts: torch.Tensor,
     max_new_tokens: int,
     config: DecodingConfig,
@@ -181,8 +188,11 @@ def generate(
     B = prompts.size(0)
     out = torch.empty(B, 0, dtype=torch.long, device=prompts.device)
     finished = torch.zeros(B, dtype=torch.bool, device=prompts.device)
-    cache = model.new_cache(B, prompts.size(1) + max_new_tokens) if use_cache else None
-    logits = model(prompts, cache)[:, -1]  # (B, V)
+    if use_cache:
+        cache = model.new_cache(B, prompts.size(1) + max_new_tokens)
+        logits = model.step(prompts, cache)[:, -1]  # (B, V)
+    else:
+        logits = model.logits(model.hidden_states(prompts)[:, -1])
     for step in range(max_new_tokens):
         token = next_token(logits, config, generator)  # (B,)
         if eos_id is not None:
@@ -192,9 +202,9 @@ def generate(
         if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
             break
         if use_cache:
-            logits = model(token[:, None], cache)[:, -1]
+            logits = model.step(token[:, None], cache)[:, -1]
         else:
-            logits = model(torch.cat([prompts, out], dim=1))[:, -1]
+            logits = model.logits(model.hidden_states(torch.cat([prompts, out], dim=1))[:, -1])
     model.train(was_training)
     rows = out.tolist()
     if eos_id is None:

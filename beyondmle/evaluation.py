@@ -11,19 +11,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-import beyondmle.metrics.builtin  # noqa: F401  (registers the built-in metrics)
-from beyondmle.corpora import Corpus, default_cache_dir
+from beyondmle.api import (
+    FEATURIZERS,
+    METRICS,
+    CausalLM,
+    Corpus,
+    EvalInputs,
+    Metric,
+    Problem,
+    Settings,
+    get_featurizer,
+    get_metric,
+    setting,
+)
 from beyondmle.data import prompt_continuation_pairs
 from beyondmle.decoding import DecodingConfig, generate
-from beyondmle.metrics.featurizers import cached_encode, get_featurizer
-from beyondmle.metrics.registry import EvalInputs, Metric, available_metrics, get_metric
-from beyondmle.model import GPT
-from beyondmle.results import FingerprintRow, MetricRow, atomic_write_text
+from beyondmle.feature_cache import cached_encode
+from beyondmle.paths import atomic_write_text, default_cache_dir
 
 DEFAULT_METRICS = (
     "perplexity",
@@ -39,7 +48,59 @@ DEFAULT_METRICS = (
 
 
 @dataclass(frozen=True)
-class EvaluationConfig:
+class MetricRow:
+    """One value, as the results database stores it."""
+
+    decoding: str
+    metric: str
+    value: float | None
+    fingerprint: str
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class FingerprintRow:
+    """What a fingerprint stands for."""
+
+    fingerprint: str
+    metric: str
+    version: str
+    settings: dict
+
+
+@dataclass(frozen=True)
+class MetricInfoRow:
+    """What a stored metric value means (from its `Output`), for the report."""
+
+    metric: str
+    group: str
+    display: str
+    higher_is_better: bool | None
+    per_decoding: bool
+    format: str
+
+
+def metric_info(names: list[str]) -> list[MetricInfoRow]:
+    """The meaning of every value the named metric groups yield."""
+    rows = []
+    for name in names:
+        metric = get_metric(name)
+        for out in metric.outputs:
+            rows.append(
+                MetricInfoRow(
+                    out.name,
+                    name,
+                    out.display,
+                    out.higher_is_better,
+                    metric.per_decoding,
+                    out.format,
+                )
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class EvaluationConfig(Settings):
     """The spec's `[evaluation]` table.
 
     Prompts are the first `num_samples` windows of the test split (`prompt_tokens` +
@@ -47,31 +108,30 @@ class EvaluationConfig:
     `sample_seed`; `rep_window` and `eval_stride` default to the model's context and half of it.
     """
 
-    prompt_tokens: int = 20
-    continuation_tokens: int = 40
-    num_samples: int = 1000
-    self_bleu_samples: int = 1000
+    prompt_tokens: int = setting(20, ge=1)
+    continuation_tokens: int = setting(40, ge=1)
+    num_samples: int = setting(1000, ge=1)
+    self_bleu_samples: int = setting(1000, ge=2)
     sample_seed: int = 0
-    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    metrics: list[str] = setting(default_factory=lambda: list(DEFAULT_METRICS), min_len=1)
     featurizer: str = "minilm"
-    mauve_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    mauve_scaling: float = 5.0
-    rep_window: int | None = None
-    eval_stride: int | None = None
-    batch_size: int = 64
+    mauve_seeds: list[int] = setting(default_factory=lambda: [0, 1, 2], min_len=1)
+    mauve_scaling: float = setting(5.0, gt=0.0)
+    rep_window: int | None = setting(None, ge=1)
+    eval_stride: int | None = setting(None, ge=1)
+    batch_size: int = setting(64, ge=1)
     feature_cache: str | None = None
 
-    def __post_init__(self) -> None:
-        for name in ("prompt_tokens", "continuation_tokens", "num_samples", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.self_bleu_samples < 2:
-            raise ValueError(f"self_bleu_samples must be >= 2, got {self.self_bleu_samples}")
-        unknown = sorted(set(self.metrics) - set(available_metrics()))
-        if unknown:
-            raise ValueError(
-                f"unknown metrics {unknown}; available: {', '.join(available_metrics())}"
-            )
+    def cross_checks(self) -> list[Problem]:
+        problems = [
+            Problem("metrics", f"registered metrics ({', '.join(METRICS.names())})", name)
+            for name in self.metrics
+            if name not in METRICS
+        ]
+        if self.featurizer not in FEATURIZERS:
+            expected = f"a registered featurizer ({', '.join(FEATURIZERS.names())})"
+            problems.append(Problem("featurizer", expected, self.featurizer))
+        return problems
 
     def fingerprint(self) -> str:
         """Names the evaluation steps, so changed settings re-evaluate a trained model."""
@@ -82,7 +142,7 @@ class EvaluationConfig:
 class Evaluator:
     """Evaluates one trained model on one corpus under one evaluation config."""
 
-    model: GPT
+    model: CausalLM
     corpus: Corpus
     config: EvaluationConfig
 
@@ -93,7 +153,7 @@ class Evaluator:
         )
         self.prompts = pairs.prompts
         self.references = pairs.continuations.tolist()
-        self.block_size = self.model.config.block_size
+        self.block_size = self.model.info.context_length
         tokenizer_hash = hashlib.sha256(self.corpus.tokenizer.to_json().encode()).hexdigest()[:12]
         self.settings = {
             **asdict(cfg),
@@ -112,6 +172,7 @@ class Evaluator:
                 )
             )
             for value in metric.compute(inputs):
+                metric.output(value.name)  # every value must be declared, so it has a meaning
                 rows.append(MetricRow(decoding, value.name, value.value, fp, value.warning))
         return rows, fingerprints
 

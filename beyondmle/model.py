@@ -19,29 +19,40 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from beyondmle.fused_loss import linear_cross_entropy
+from beyondmle.fused_loss import IGNORE, linear_cross_entropy
+from beyondmle.settings import Problem, Settings, setting
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelInfo:
+    """What objectives may know of the model's shape (`beyondmle.api.ModelInfo`)."""
+
+    vocab_size: int
+    context_length: int
+    width: int
+    heads: int
+
+
+@dataclass(frozen=True)
+class ModelConfig(Settings):
     """Size of the shared model; the spec's `[model]` table maps onto these fields."""
 
-    vocab_size: int = 10_000
-    block_size: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    dropout: float = 0.1
+    vocab_size: int = setting(10_000, ge=1)
+    block_size: int = setting(128, ge=1)
+    n_layer: int = setting(4, ge=1)
+    n_head: int = setting(4, ge=1)
+    n_embd: int = setting(256, ge=1)
+    dropout: float = setting(0.1, ge=0.0, lt=1.0)
     bias: bool = True
 
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.vocab_size, self.block_size, self.n_embd, self.n_head)
+
+    def cross_checks(self) -> list[Problem]:
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+            return [Problem("n_embd", f"divisible by n_head={self.n_head}", self.n_embd)]
+        return []
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -179,13 +190,67 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if exclude_positions else n
 
-    def embed(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Token plus position embeddings (B, T, C); positions continue after the cache."""
-        return self.embed_vectors(self.wte(idx), cache)
+    # The model interface (beyondmle.api.CausalLM): all that objectives and metrics may use.
 
-    def embed_vectors(self, token_emb: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Add positions and embedding dropout to token vectors (B, T, C). Objectives with soft
-        inputs (an expected embedding, a Gumbel-softmax sample) pass their own vectors here."""
+    @property
+    def info(self) -> ModelInfo:
+        return self.config.info
+
+    def token_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Token vectors (B, T, C) of ids (B, T), or the expected embedding of distributions
+        over the vocabulary (B, T, V); positions are added by `hidden_states`."""
+        if x.dtype in (torch.long, torch.int32, torch.int64):
+            return self.wte(x)
+        if x.size(-1) != self.config.vocab_size:
+            raise ValueError(
+                f"distributions must have the vocabulary ({self.config.vocab_size}) as their "
+                f"last dimension, got shape {tuple(x.shape)}"
+            )
+        return x.to(self.wte.weight.dtype) @ self.wte.weight
+
+    def hidden_states(
+        self,
+        ids: torch.Tensor | None = None,
+        *,
+        embeddings: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (B, T, C) of token ids (B, T) or token vectors (B, T, C);
+        positions continue after the cache, which is filled with these T positions."""
+        if (ids is None) == (embeddings is None):
+            raise ValueError("give exactly one of ids and embeddings")
+        x = self._add_positions(self.wte(ids) if embeddings is None else embeddings, cache)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += x.size(1)
+        return self.ln_f(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (..., V) of hidden states (..., C)."""
+        return self.lm_head(hidden)
+
+    def next_token_loss(
+        self, hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE
+    ) -> torch.Tensor:
+        """Mean cross-entropy of targets (...) under `logits(hidden)` (..., C), fused with the
+        output projection (no logits tensor is formed); `ignore_index` targets are skipped."""
+        if ignore_index != IGNORE:
+            targets = targets.masked_fill(targets == ignore_index, IGNORE)
+        return linear_cross_entropy(
+            hidden.reshape(-1, hidden.size(-1)), self.lm_head.weight, targets.reshape(-1)
+        )
+
+    def step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Append ids (B, t) to the cache; return their next-token logits (B, t, V)."""
+        return self.logits(self.hidden_states(ids, cache=cache))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T, V) for token ids idx (B, T)."""
+        return self.logits(self.hidden_states(idx))
+
+    def _add_positions(self, token_emb: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """Token vectors (B, T, C) plus positions (continuing after the cache), then dropout."""
         start = 0 if cache is None else cache.length
         T = token_emb.size(1)
         if start + T > self.config.block_size:
@@ -195,33 +260,7 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, device=token_emb.device)
         return self.drop(token_emb + self.wpe(pos))
 
-    def forward_hidden(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Run the blocks on embeddings x (B, T, C); return the final hidden states (B, T, C),
-        which `lm_head` turns into logits."""
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
-        if cache is not None:
-            cache.length += x.size(1)
-        return self.ln_f(x)
-
-    def forward_embeddings(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Run the blocks on embeddings x (B, T, C) and return logits (B, T, V).
-
-        Objectives that feed soft inputs (scheduled sampling's embedding mixture, a Gumbel-softmax
-        generator) call this with their own embeddings; `embed` builds the usual ones.
-        """
-        return self.lm_head(self.forward_hidden(x, cache))
-
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Next-token logits (B, T, V) for token ids idx (B, T)."""
-        return self.forward_embeddings(self.embed(idx, cache), cache)
-
-    def nll(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token NLL of targets (B, T) given idx (B, T), -100 ignored; equal to
-        cross-entropy on `self(idx)` but without materialising the (B, T, V) logits."""
-        hidden = self.forward_hidden(self.embed(idx)).flatten(0, 1)
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets.flatten())
-
     def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `max_len` positions."""
         weight = self.wte.weight
         return KVCache(self.config, batch_size, max_len, weight.device, dtype or weight.dtype)

@@ -18,22 +18,25 @@ Tables:
 - `fingerprints`: what a fingerprint stands for (metric, version, settings JSON).
 - `artifacts`: files of a cell, by kind (`checkpoint`, `samples`, `train_log`), with paths
   relative to the results directory.
+- `metric_info`: what each stored metric means, as its metric declared it: display name,
+  direction (1 higher is better, 0 lower, NULL none), per decoding or per model, number
+  format. The report reads metrics' meanings from here, never from code.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from beyondmle.evaluation import FingerprintRow, MetricInfoRow, MetricRow
+
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,6 +89,14 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     version TEXT NOT NULL,
     settings TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS metric_info (
+    metric TEXT PRIMARY KEY,
+    metric_group TEXT NOT NULL,
+    display TEXT NOT NULL,
+    higher_is_better INTEGER,
+    per_decoding INTEGER NOT NULL,
+    format TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS artifacts (
     cell_id TEXT NOT NULL,
     decoding TEXT NOT NULL,
@@ -97,23 +108,6 @@ CREATE TABLE IF NOT EXISTS artifacts (
 
 # A running cell whose heartbeat is older than this is taken to belong to a dead runner.
 STALE_SECONDS = 600.0
-
-
-@dataclass(frozen=True)
-class MetricRow:
-    decoding: str
-    metric: str
-    value: float | None
-    fingerprint: str
-    warning: str | None = None
-
-
-@dataclass(frozen=True)
-class FingerprintRow:
-    fingerprint: str
-    metric: str
-    version: str
-    settings: dict
 
 
 class ResultsDB:
@@ -133,7 +127,7 @@ class ResultsDB:
                 if statement.strip():
                     self.conn.execute(statement)
             self.conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
 
     def close(self) -> None:
@@ -171,6 +165,16 @@ class ResultsDB:
     def finish_run(self, run_id: str) -> None:
         with self.transaction() as c:
             c.execute("UPDATE runs SET finished_at = ? WHERE run_id = ?", (time.time(), run_id))
+
+    def record_metric_info(self, rows: list[MetricInfoRow]) -> None:
+        """Store what each metric means (its declared outputs)."""
+        with self.transaction() as c:
+            for r in rows:
+                higher = None if r.higher_is_better is None else int(r.higher_is_better)
+                c.execute(
+                    "INSERT OR REPLACE INTO metric_info VALUES (?, ?, ?, ?, ?, ?)",
+                    (r.metric, r.group, r.display, higher, int(r.per_decoding), r.format),
+                )
 
     # cells
     def register_cell(
@@ -294,17 +298,6 @@ class ResultsDB:
             c.execute("UPDATE cells SET heartbeat = ? WHERE id = ?", (time.time(), cell_id))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file whole or not at all: a temporary sibling, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # The tables whose rows belong to one cell, by `cell_id`.
 _CELL_TABLES = ("steps", "metrics", "artifacts")
 
@@ -350,8 +343,13 @@ def merge(destination: str | Path, sources: list[str | Path]) -> ResultsDB:
                         f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table} "
                         "WHERE cell_id NOT IN (SELECT id FROM main.cells)"
                     )
-                for table in ("runs", "cells", "fingerprints"):
-                    c.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table}")
+                present = {
+                    row[0]
+                    for row in c.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")
+                }
+                for table in ("runs", "cells", "fingerprints", "metric_info"):
+                    if table in present:  # metric_info is new in schema version 2
+                        c.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table}")
         finally:
             db.conn.execute("DETACH DATABASE src")
         for cell_dir in sorted((source / "cells").glob("*")):

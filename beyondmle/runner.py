@@ -23,15 +23,15 @@ from pathlib import Path
 
 import lightning as L
 
+from beyondmle.api import Corpus, ObjectiveDiverged, load_corpus
 from beyondmle.cells import Cell, expand, select_shard
-from beyondmle.corpora import Corpus, load_corpus
 from beyondmle.data import LanguageDataModule, check_corpus_fits
-from beyondmle.evaluation import Evaluator, sample_file_name
+from beyondmle.evaluation import Evaluator, metric_info, sample_file_name
 from beyondmle.model import ModelConfig
-from beyondmle.results import ResultsDB, atomic_write_text
+from beyondmle.paths import atomic_write_text
+from beyondmle.results import ResultsDB
 from beyondmle.spec import CorpusSpec, Spec
 from beyondmle.training import ObjectiveModule, ProgressLog, build_trainer, load_model
-from objectives import ObjectiveDiverged
 
 PACKAGES = (
     "beyondmle",
@@ -132,6 +132,7 @@ def run_spec(
     run_id = uuid.uuid4().hex[:12]
     worker = f"{os.uname().nodename}:{os.getpid()}:{run_id}"
     db.start_run(run_id, spec.path, spec.text, git_commit(), package_versions())
+    db.record_metric_info(metric_info(spec.evaluation.metrics))
     cells = select_shard(expand(spec), shard)
     for cell in cells:
         db.register_cell(cell.id, cell.config, cell.corpus.name, cell.objective.label, cell.seed)

@@ -35,27 +35,25 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beyondmle.corpora import available_corpora
+from beyondmle.api import CORPORA, OBJECTIVES, Problem, build_settings
 from beyondmle.decoding import DecodingConfig
 from beyondmle.evaluation import EvaluationConfig
 from beyondmle.model import ModelConfig
+from beyondmle.settings import NOTHING, matches, type_name
 from beyondmle.training import TrainingConfig
-from objectives import available_objectives
 
 
 @dataclass(frozen=True)
 class SpecIssue:
     key: str
     expected: str
-    got: object = None
+    got: object = NOTHING
 
     def render(self, path: str) -> str:
-        got = "" if self.got is None else f", got {self.got!r}"
+        got = "" if self.got is NOTHING else f", got {self.got!r}"
         return f"{path}: {self.key}: expected {self.expected}{got}"
 
 
@@ -97,18 +95,6 @@ class Spec:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-CORPUS_SETTINGS: dict[str, dict[str, type]] = {
-    "ptb": {},
-    "text": {
-        "paths": list[str],
-        "vocab_size": int,
-        "valid_fraction": float,
-        "test_fraction": float,
-        "split_seed": int,
-        "cache_dir": str,
-    },
-}
-CORPUS_REQUIRED = {"text": {"paths"}}
 DECODING_KEYS = {
     "greedy": bool,
     "temperature": list[float],
@@ -118,34 +104,16 @@ DECODING_KEYS = {
 TOP_LEVEL = {"benchmark", "corpus", "model", "training", "objective", "decoding", "evaluation"}
 
 
-def _type_name(tp) -> str:
-    if typing.get_origin(tp) in (types.UnionType, typing.Union):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if typing.get_origin(tp) is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {
-        int: "an integer",
-        float: "a number",
-        bool: "true or false",
-        str: "a string",
-        type(None): "nothing",
-    }.get(tp, str(tp))
+def _issues(where: str, problems: list[Problem]) -> list[SpecIssue]:
+    """A settings checker's problems as spec issues, keyed by their place in the file."""
+    return [SpecIssue(f"{where}.{p.key}", p.expected, p.got) for p in problems]
 
 
-def _matches(value, tp) -> bool:
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        return any(_matches(value, a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        inner = typing.get_args(tp)[0]
-        return isinstance(value, list) and all(_matches(v, inner) for v in value)
-    if tp is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is type(None):
-        return value is None
-    return isinstance(value, tp)
+def _build(cls, table: dict, where: str, issues: list[SpecIssue], fixed: tuple[str, ...] = ()):
+    """A settings dataclass from a spec table; every problem of the table becomes an issue."""
+    obj, problems = build_settings(cls, table, fixed)
+    issues += _issues(where, problems)
+    return obj
 
 
 def _check_keys(
@@ -157,25 +125,11 @@ def _check_keys(
         if key not in allowed:
             known = ", ".join(sorted(allowed)) or "none"
             issues.append(SpecIssue(f"{where}.{key}", f"a known key ({known})", key))
-        elif not _matches(value, allowed[key]):
-            issues.append(SpecIssue(f"{where}.{key}", _type_name(allowed[key]), value))
+        elif not matches(value, allowed[key]):
+            issues.append(SpecIssue(f"{where}.{key}", type_name(allowed[key]), value))
         else:
             good[key] = value
     return good
-
-
-def _dataclass_types(cls, exclude: tuple[str, ...] = ()) -> dict[str, object]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in exclude}
-
-
-def _build(cls, kwargs: dict, where: str, issues: list[SpecIssue]):
-    """Construct a config dataclass; its own range checks become spec issues."""
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        issues.append(SpecIssue(where, str(e)))
-        return None
 
 
 def _table(data: dict, key: str, issues: list[SpecIssue], required: bool = False) -> dict:
@@ -217,56 +171,62 @@ def _corpora(data: dict, issues: list[SpecIssue]) -> list[CorpusSpec]:
     out = []
     for i, table in enumerate(_tables(data, "corpus", issues)):
         where = f"corpus[{i}]"
-        name = table.get("name")
-        if name not in CORPUS_SETTINGS:
-            expected = f"a corpus name, one of {', '.join(available_corpora())}"
+        name = table.get("name", NOTHING)
+        if name not in CORPORA:
+            expected = f"a corpus name, one of {', '.join(CORPORA.names())}"
             issues.append(SpecIssue(f"{where}.name", expected, name))
             continue
         settings = {k: v for k, v in table.items() if k != "name"}
-        settings = _check_keys(settings, CORPUS_SETTINGS[name], where, issues)
-        for key in sorted(CORPUS_REQUIRED.get(name, set()) - set(table)):
-            issues.append(SpecIssue(f"{where}.{key}", f"a value (corpus {name!r} requires it)"))
-        if name == "text":
-            for p in settings.get("paths", []):
-                if not Path(p).is_file():
-                    issues.append(SpecIssue(f"{where}.paths", "paths of existing files", p))
-        out.append(CorpusSpec(name, settings))
+        if _build(CORPORA.get(name).Settings, settings, where, issues) is not None:
+            out.append(CorpusSpec(name, settings))
     return out
 
 
+def _model(data: dict, issues: list[SpecIssue]) -> dict:
+    table = _table(data, "model", issues)
+    _build(ModelConfig, table, "model", issues, fixed=("vocab_size",))  # the tokenizer's
+    return table
+
+
 def _objectives(data: dict, issues: list[SpecIssue]) -> list[ObjectiveVariant]:
-    registry = available_objectives()
     out = []
     for i, table in enumerate(_tables(data, "objective", issues)):
         where = f"objective[{i}]"
-        name = table.get("name")
-        if name not in registry:
-            expected = f"an objective name, one of {', '.join(registry)}"
+        name = table.get("name", NOTHING)
+        if name not in OBJECTIVES:
+            expected = f"an objective name, one of {', '.join(OBJECTIVES.names())}"
             issues.append(SpecIssue(f"{where}.name", expected, name))
             continue
-        cls = registry[name]
-        types_ = _dataclass_types(cls.Settings)
+        cls = OBJECTIVES.get(name)
+        types_ = {f.name: f.type for f in dataclasses.fields(cls.Settings)}
         base = {k: v for k, v in table.items() if k not in ("name", "sweep", "label")}
         given_label = table.get("label", name)
         if not isinstance(given_label, str) or not given_label:
             issues.append(SpecIssue(f"{where}.label", "a non-empty string", given_label))
             given_label = name
-        base = _check_keys(base, types_, where, issues)
         sweep = table.get("sweep", {})
         if not isinstance(sweep, dict):
             issues.append(SpecIssue(f"{where}.sweep", "a table of lists", sweep))
             sweep = {}
-        list_types = {k: list[tp] for k, tp in types_.items()}
-        sweep = _check_keys(sweep, list_types, f"{where}.sweep", issues)
-        for key, values in sweep.items():
-            if not values:
+        for key, values in list(sweep.items()):
+            if key not in types_:
+                known = ", ".join(sorted(types_))
+                issues.append(SpecIssue(f"{where}.sweep.{key}", f"a known key ({known})", key))
+                sweep.pop(key)
+            elif not isinstance(values, list) or not values:
                 issues.append(SpecIssue(f"{where}.sweep.{key}", "a non-empty list", values))
+                sweep.pop(key)
         keys = sorted(sweep)
         for combo in itertools.product(*(sweep[k] for k in keys)):
             chosen = dict(zip(keys, combo, strict=True))
-            settings = _build(cls.Settings, {**base, **chosen}, where, issues)
+            settings, problems = build_settings(cls.Settings, {**base, **chosen})
+            for p in problems:  # a swept value is named where the sweep gives it
+                key = f"{where}.sweep.{p.key}" if p.key in chosen else f"{where}.{p.key}"
+                issue = SpecIssue(key, p.expected, p.got)
+                if issue not in issues:
+                    issues.append(issue)
             if settings is None:
-                break
+                continue
             if cls.warm_start and not (
                 settings.warm_start_fraction > 0 or settings.warm_start_checkpoint
             ):
@@ -297,9 +257,9 @@ def _objectives(data: dict, issues: list[SpecIssue]) -> list[ObjectiveVariant]:
 def _decodings(data: dict, issues: list[SpecIssue]) -> list[DecodingConfig]:
     table = _check_keys(_table(data, "decoding", issues), DECODING_KEYS, "decoding", issues)
     grid: list[DecodingConfig] = []
-    candidates = [({"greedy": True}, "decoding.greedy")] if table.get("greedy", False) else []
+    candidates = [({"greedy": True}, "decoding")] if table.get("greedy", False) else []
     for key in ("temperature", "top_p", "top_k"):
-        candidates += [({key: v}, f"decoding.{key}") for v in table.get(key, [])]
+        candidates += [({key: v}, "decoding") for v in table.get(key, [])]
     for kwargs, where in candidates:
         decoding = _build(DecodingConfig, kwargs, where, issues)
         if decoding is not None and decoding not in grid:
@@ -328,35 +288,12 @@ def parse_spec(path: str | Path) -> Spec:
         issues.append(SpecIssue(key, f"a known section ({', '.join(sorted(TOP_LEVEL))})", key))
     name, seeds = _benchmark(data, issues)
     corpora = _corpora(data, issues)
-    model_kwargs = _check_keys(
-        _table(data, "model", issues),
-        _dataclass_types(ModelConfig, ("vocab_size",)),
-        "model",
-        issues,
-    )
-    _build(ModelConfig, model_kwargs, "model", issues)
-    training = _build(
-        TrainingConfig,
-        _check_keys(
-            _table(data, "training", issues), _dataclass_types(TrainingConfig), "training", issues
-        ),
-        "training",
-        issues,
-    )
-    evaluation = _build(
-        EvaluationConfig,
-        _check_keys(
-            _table(data, "evaluation", issues),
-            _dataclass_types(EvaluationConfig),
-            "evaluation",
-            issues,
-        ),
-        "evaluation",
-        issues,
-    )
+    model = _model(data, issues)
+    training = _build(TrainingConfig, _table(data, "training", issues), "training", issues)
+    evaluation = _build(EvaluationConfig, _table(data, "evaluation", issues), "evaluation", issues)
     objectives = _objectives(data, issues)
     decodings = _decodings(data, issues)
-    if evaluation is not None and model_kwargs.get("block_size", ModelConfig.block_size) < (
+    if evaluation is not None and model.get("block_size", ModelConfig.block_size) < (
         evaluation.prompt_tokens + evaluation.continuation_tokens
     ):
         issues.append(
@@ -374,7 +311,7 @@ def parse_spec(path: str | Path) -> Spec:
         name=name,
         seeds=seeds,
         corpora=tuple(corpora),
-        model=model_kwargs,
+        model=model,
         training=training,
         objectives=tuple(objectives),
         decodings=tuple(decodings),

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from objectives.base import SpecialTokens
-
 EOS, MASK, SEP, PAD = "<eos>", "<mask>", "<sep>", "<pad>"
 SPECIAL_TOKENS = (EOS, MASK, SEP, PAD)
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids of the special tokens every tokenizer reserves, for objectives that need them."""
+
+    eos: int
+    mask: int
+    sep: int
+    pad: int
 
 
 class Tokenizer(ABC):

@@ -3,7 +3,8 @@ the loop, precision, devices, checkpoints and logs.
 
 Budgets are in training tokens (batch × block × devices per step), identical for every
 objective, so objectives compare on equal data. Objectives that declare `warm_start` train
-with plain MLE for the first `warm_start_fraction` of that budget, then switch.
+with the registered `mle` objective for the first `warm_start_fraction` of that budget, then
+switch.
 """
 
 from __future__ import annotations
@@ -19,62 +20,42 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from beyondmle.model import GPT, ModelConfig
-from beyondmle.tokenization import Tokenizer, tokenizer_from_json
-from objectives import (
+from beyondmle.api import (
     ObjectiveDiverged,
     Optimizers,
+    Settings,
     SpecialTokens,
     TrainingState,
     get_objective,
+    setting,
 )
+from beyondmle.model import GPT, ModelConfig
+from beyondmle.tokenization import Tokenizer, tokenizer_from_json
 
 PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "bf16-true", "64-true")
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Settings):
     """The spec's `[training]` table. `precision` is Lightning's (`bf16-mixed`, `32-true`);
     `accelerator`, `devices` and `strategy` go to the Trainer unchanged, so the same spec runs on
     CPU or GPUs."""
 
-    budget_tokens: int = 1_000_000
-    batch_size: int = 32
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_fraction: float = 0.02
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    precision: str = "bf16-mixed"
-    val_every_steps: int = 200
-    checkpoint_every_steps: int = 200
+    budget_tokens: int = setting(1_000_000, ge=1)
+    batch_size: int = setting(32, ge=1)
+    lr: float = setting(1e-3, gt=0.0)
+    min_lr_ratio: float = setting(0.1, ge=0.0, le=1.0)
+    warmup_fraction: float = setting(0.02, ge=0.0, le=1.0)
+    weight_decay: float = setting(0.1, ge=0.0)
+    beta1: float = setting(0.9, ge=0.0, le=1.0)
+    beta2: float = setting(0.95, ge=0.0, le=1.0)
+    grad_clip: float = setting(1.0, ge=0.0)
+    precision: str = setting("bf16-mixed", choices=PRECISIONS)
+    val_every_steps: int = setting(200, ge=1)
+    checkpoint_every_steps: int = setting(200, ge=1)
     accelerator: str = "auto"
-    devices: int = 1
+    devices: int = setting(1, ge=1)
     strategy: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in (
-            "budget_tokens",
-            "batch_size",
-            "devices",
-            "val_every_steps",
-            "checkpoint_every_steps",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        for name in ("min_lr_ratio", "warmup_fraction", "beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0")
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
 
     def tokens_per_step(self, block_size: int) -> int:
         return self.batch_size * block_size * self.devices
@@ -112,7 +93,11 @@ class ObjectiveModule(L.LightningModule):
         self.model = GPT(self.model_config)
         cls = get_objective(objective)
         settings = cls.Settings(**objective_settings)
-        self.objective = cls(settings, self.model_config, SpecialTokens(**special))
+        special_tokens = SpecialTokens(**special)
+        self.objective = cls(settings, self.model.info, special_tokens)
+        # Warm starts train with the registered MLE objective itself (default settings).
+        mle = get_objective("mle")
+        self.warm_objective = mle(mle.Settings(), self.model.info, special_tokens)
         self.automatic_optimization = not cls.manual_optimization
         self.tokenizer_json = tokenizer_json
         self.total_steps = self.training_config.total_steps(self.model_config.block_size)
@@ -133,8 +118,8 @@ class ObjectiveModule(L.LightningModule):
         own_steps = max(1, self.total_steps - self.warm_steps)
         state = TrainingState(step=step, progress=max(0.0, (step - self.warm_steps) / own_steps))
         if in_warm_start:
-            loss = self.model.nll(batch[:, :-1], batch[:, 1:])
-            logs: dict = {"nll": loss.detach()}
+            out = self.warm_objective.loss(self.model, batch, state)
+            loss, logs = out.loss, out.logs
         elif self.automatic_optimization:
             out = self.objective.loss(self.model, batch, state)
             loss, logs = out.loss, out.logs
@@ -177,7 +162,7 @@ class ObjectiveModule(L.LightningModule):
             (scheduler[0] if isinstance(scheduler, list) else scheduler).step()
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        loss = self.model.nll(batch[:, :-1], batch[:, 1:])
+        loss = self.model.next_token_loss(self.model.hidden_states(batch[:, :-1]), batch[:, 1:])
         self.log("val/loss", loss, prog_bar=True, batch_size=batch.size(0))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

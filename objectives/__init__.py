@@ -1,27 +1,6 @@
-"""Training objectives as plugins: the `Objective` contract, the registry and the built-ins."""
+"""The built-in objectives, one module each, installed as `beyondmle.objectives`.
 
-from objectives.base import (
-    Objective,
-    ObjectiveDiverged,
-    ObjectiveOutput,
-    ObjectiveSettings,
-    Optimizers,
-    SpecialTokens,
-    TrainingState,
-    token_nll,
-)
-from objectives.registry import available_objectives, get_objective, register_objective
-
-__all__ = [
-    "Objective",
-    "ObjectiveDiverged",
-    "ObjectiveOutput",
-    "ObjectiveSettings",
-    "Optimizers",
-    "SpecialTokens",
-    "TrainingState",
-    "available_objectives",
-    "get_objective",
-    "register_objective",
-    "token_nll",
-]
+Each registers itself with `beyondmle.api.register_objective` and is found through the
+`beyondmle.objectives` entry-point group, as a third-party objective is (docs/architecture.md).
+The contract they implement is `beyondmle.api.Objective`.
+"""

@@ -57,18 +57,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beyondmle.decoding import DecodingConfig, generate
-from beyondmle.model import GPT, ModelConfig
-from objectives.base import (
+from beyondmle.api import (
+    CausalLM,
+    ModelInfo,
     Objective,
     ObjectiveDiverged,
     ObjectiveSettings,
     Optimizers,
+    Problem,
     SpecialTokens,
     TrainingState,
-    token_nll,
+    register_objective,
+    setting,
 )
-from objectives.registry import register_objective
+from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.model import GPT, ModelConfig
 
 VARIANTS = ("reinforce", "gumbel")
 BASELINES = ("position", "global", "batch")
@@ -108,67 +111,41 @@ class AdversarialSettings(ObjectiveSettings):
     0 disables).
     """
 
-    warm_start_fraction: float = 0.5
-    variant: str = "reinforce"
-    prefix_tokens: int = 1
-    sample_length: int | None = None
-    disc_layers: int = 2
-    disc_embd: int | None = None
-    disc_heads: int | None = None
-    disc_dropout: float = 0.1
-    disc_lr: float | None = None
-    disc_beta1: float = 0.5
-    disc_steps: int = 1
-    gamma: float = 0.23
-    baseline: str = "position"
-    baseline_decay: float = 0.08
-    tau_start: float = 1.0
-    tau_end: float = 0.01
-    gan_loss: str = "standard"
-    mle_weight: float = 0.0
-    collapse_accuracy: float = 0.99
-    collapse_patience: int = 50
-    min_distinct1: float = 0.01
+    warm_start_fraction: float = setting(0.5, ge=0.0, lt=1.0)
+    variant: str = setting("reinforce", choices=VARIANTS)
+    prefix_tokens: int = setting(1, ge=0)
+    sample_length: int | None = setting(None, ge=1)
+    disc_layers: int = setting(2, ge=1)
+    disc_embd: int | None = setting(None, ge=1)
+    disc_heads: int | None = setting(None, ge=1)
+    disc_dropout: float = setting(0.1, ge=0.0, lt=1.0)
+    disc_lr: float | None = setting(None, gt=0.0)
+    disc_beta1: float = setting(0.5, ge=0.0, lt=1.0)
+    disc_steps: int = setting(1, ge=1)
+    gamma: float = setting(0.23, ge=0.0, le=1.0)
+    baseline: str = setting("position", choices=BASELINES)
+    baseline_decay: float = setting(0.08, ge=0.0, lt=1.0)
+    tau_start: float = setting(1.0, gt=0.0)
+    tau_end: float = setting(0.01, gt=0.0)
+    gan_loss: str = setting("standard", choices=GAN_LOSSES)
+    mle_weight: float = setting(0.0, ge=0.0, lt=math.inf)
+    collapse_accuracy: float = setting(0.99, gt=0.5, le=1.0)
+    collapse_patience: int = setting(50, ge=1)
+    min_distinct1: float = setting(0.01, ge=0.0, lt=1.0)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
-        if self.gan_loss not in GAN_LOSSES:
-            raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
+    def cross_checks(self) -> list[Problem]:
+        problems = []
         if self.gan_loss == "rsgan" and self.variant != "gumbel":
-            raise ValueError("gan_loss='rsgan' needs variant='gumbel'")
-        if self.prefix_tokens < 0:
-            raise ValueError(f"prefix_tokens must be >= 0, got {self.prefix_tokens}")
-        for name in ("sample_length", "disc_embd", "disc_heads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {value}")
-        for name in ("disc_layers", "disc_steps", "collapse_patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("disc_dropout", "disc_beta1", "baseline_decay", "min_distinct1"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.disc_lr is not None and not self.disc_lr > 0:
-            raise ValueError(f"disc_lr must be > 0 or None, got {self.disc_lr}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        if not (self.tau_start > 0 and self.tau_end > 0):
-            raise ValueError(
-                f"tau_start and tau_end must be > 0, got {self.tau_start}, {self.tau_end}"
-            )
+            problems.append(Problem("gan_loss", "'standard' unless variant = 'gumbel'", "rsgan"))
         if self.tau_end > self.tau_start:
-            raise ValueError(
-                f"tau_end ({self.tau_end}) must not exceed tau_start ({self.tau_start}): "
-                "the temperature anneals downwards"
+            problems.append(
+                Problem(
+                    "tau_end",
+                    f"at most tau_start={self.tau_start}: the temperature anneals downwards",
+                    self.tau_end,
+                )
             )
-        if not (self.mle_weight >= 0 and math.isfinite(self.mle_weight)):
-            raise ValueError(f"mle_weight must be finite and >= 0, got {self.mle_weight}")
-        if not 0.5 < self.collapse_accuracy <= 1.0:
-            raise ValueError(f"collapse_accuracy must be in (0.5, 1], got {self.collapse_accuracy}")
+        return problems
 
 
 class Discriminator(nn.Module):
@@ -189,16 +166,10 @@ class Discriminator(nn.Module):
         nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    @property
-    def wte(self) -> nn.Embedding:
-        return self.trunk.wte
-
     def embed_part(self, part: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, t, C) of ids (B, t) or distributions (B, t, V)."""
-        if part.dim() == 2:
-            return self.wte(part)
-        if part.dim() == 3 and part.size(-1) == self.config.vocab_size:
-            return part.to(self.wte.weight.dtype) @ self.wte.weight
+        if part.dim() == 2 or (part.dim() == 3 and part.size(-1) == self.config.vocab_size):
+            return self.trunk.token_embeddings(part)
         raise ValueError(
             f"discriminator input must be ids (B, t) or distributions (B, t, "
             f"{self.config.vocab_size}), got shape {tuple(part.shape)}"
@@ -207,7 +178,7 @@ class Discriminator(nn.Module):
     def forward(self, *parts: torch.Tensor) -> torch.Tensor:
         """Per-prefix logits (B, T) of the parts concatenated along time."""
         x = torch.cat([self.embed_part(p).float() for p in parts], dim=1)
-        hidden = self.trunk.forward_hidden(self.trunk.embed_vectors(x))
+        hidden = self.trunk.hidden_states(embeddings=x)
         return self.head(hidden).squeeze(-1).float()
 
 
@@ -276,10 +247,10 @@ class Adversarial(Objective):
     warm_start = True
 
     def __init__(
-        self, settings: AdversarialSettings, model_config: ModelConfig, special: SpecialTokens
+        self, settings: AdversarialSettings, model: ModelInfo, special: SpecialTokens
     ) -> None:
-        super().__init__(settings, model_config, special)
-        block = model_config.block_size
+        super().__init__(settings, model, special)
+        block = model.context_length
         prompt_len = max(1, settings.prefix_tokens)
         if prompt_len >= block:
             raise ValueError(
@@ -294,11 +265,11 @@ class Adversarial(Objective):
         self.max_sample_length = settings.sample_length or block - prompt_len
         self.discriminator = Discriminator(
             ModelConfig(
-                vocab_size=model_config.vocab_size,
+                vocab_size=model.vocab_size,
                 block_size=block,
                 n_layer=settings.disc_layers,
-                n_head=settings.disc_heads or model_config.n_head,
-                n_embd=settings.disc_embd or model_config.n_embd,
+                n_head=settings.disc_heads or model.heads,
+                n_embd=settings.disc_embd or model.width,
                 dropout=settings.disc_dropout,
                 bias=True,
             )
@@ -330,7 +301,7 @@ class Adversarial(Objective):
     # -- the step ---------------------------------------------------------------------------
 
     def manual_step(
-        self, model: GPT, batch: torch.Tensor, state: TrainingState, optimizers: Optimizers
+        self, model: CausalLM, batch: torch.Tensor, state: TrainingState, optimizers: Optimizers
     ) -> dict[str, float | torch.Tensor]:
         s = self.settings
         prompt, real = self.split_batch(batch)
@@ -369,7 +340,7 @@ class Adversarial(Objective):
         return prompt, batch[:, P : P + L]
 
     def sample(
-        self, model: GPT, prompt: torch.Tensor, length: int, state: TrainingState
+        self, model: CausalLM, prompt: torch.Tensor, length: int, state: TrainingState
     ) -> torch.Tensor:
         """Continuations (B, length) sampled from the generator at temperature 1, without
         stopping at `<eos>`: batches are windows of a token stream, so real continuations run
@@ -434,7 +405,7 @@ class Adversarial(Objective):
 
     def reinforce_step(
         self,
-        model: GPT,
+        model: CausalLM,
         batch: torch.Tensor,
         prompt: torch.Tensor,
         fake: torch.Tensor,
@@ -453,7 +424,8 @@ class Adversarial(Objective):
             rewards = 2.0 * torch.sigmoid(self.discriminator(prompt, fake)[:, -L:]) - 1.0
         returns = discounted_returns(rewards, self.settings.gamma)
         advantages = returns - self.baseline(returns)
-        logits = model(torch.cat([prompt, fake], dim=1)[:, :-1])[:, -L:]
+        hidden = model.hidden_states(torch.cat([prompt, fake], dim=1)[:, :-1])[:, -L:]
+        logits = model.logits(hidden)  # (B, L, V)
         logp = F.log_softmax(logits.float(), dim=-1).gather(-1, fake.unsqueeze(-1)).squeeze(-1)
         pg_loss = -(advantages.detach() * logp).mean()
         loss, logs = self.add_mle(model, batch, pg_loss)
@@ -489,7 +461,7 @@ class Adversarial(Objective):
 
     def gumbel_step(
         self,
-        model: GPT,
+        model: CausalLM,
         batch: torch.Tensor,
         prompt: torch.Tensor,
         real: torch.Tensor,
@@ -503,7 +475,8 @@ class Adversarial(Objective):
         non-saturating loss -mean log D_t (`standard`) or RelGAN's BCE(D(fake) - D(real), 1)."""
         L = fake.size(1)
         tau = self.temperature(state.progress)
-        logits = model(torch.cat([prompt, fake], dim=1)[:, :-1])[:, -L:]
+        hidden = model.hidden_states(torch.cat([prompt, fake], dim=1)[:, :-1])[:, -L:]
+        logits = model.logits(hidden)  # (B, L, V)
         onehots = straight_through_gumbel(logits, fake, tau)  # (B, L, V)
         with self.frozen_discriminator():
             fake_logits = self.discriminator(prompt, onehots)[:, -L:]
@@ -530,11 +503,11 @@ class Adversarial(Objective):
     # -- helpers ----------------------------------------------------------------------------
 
     def add_mle(
-        self, model: GPT, batch: torch.Tensor, loss: torch.Tensor
+        self, model: CausalLM, batch: torch.Tensor, loss: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self.settings.mle_weight:
             return loss, {}
-        nll = token_nll(model(batch[:, :-1]), batch[:, 1:])
+        nll = model.next_token_loss(model.hidden_states(batch[:, :-1]), batch[:, 1:])
         return loss + self.settings.mle_weight * nll, {"nll": nll.detach()}
 
     @contextlib.contextmanager

@@ -95,18 +95,21 @@ from dataclasses import dataclass
 
 import torch
 
-from beyondmle.fused_loss import linear_cross_entropy
-from beyondmle.model import GPT, ModelConfig
-from objectives.base import (
+from beyondmle.api import (
+    IGNORE_INDEX,
+    CausalLM,
+    ModelInfo,
     Objective,
     ObjectiveOutput,
     ObjectiveSettings,
+    Problem,
     SpecialTokens,
     TrainingState,
+    register_objective,
+    setting,
 )
-from objectives.registry import register_objective
 
-IGNORE = -100
+IGNORE = IGNORE_INDEX
 
 
 # --------------------------------------------------------------------------- noise functions
@@ -257,35 +260,26 @@ class DenoisingSettings(ObjectiveSettings):
       (default 0.6: mean 0.3, BART's 30%).
     """
 
-    infilling: float = 1.0
-    token_masking: float = 0.0
-    token_deletion: float = 0.0
+    infilling: float = setting(1.0, ge=0.0, le=1.0)
+    token_masking: float = setting(0.0, ge=0.0, le=1.0)
+    token_deletion: float = setting(0.0, ge=0.0, le=1.0)
     sentence_permutation: bool = True
     document_rotation: bool = False
-    poisson_lambda: float = 3.0
-    full_mask_prob: float = 0.5
-    max_noise: float = 0.6
+    poisson_lambda: float = setting(3.0, gt=0.0, lt=math.inf)
+    full_mask_prob: float = setting(0.5, ge=0.0, le=1.0)
+    max_noise: float = setting(0.6, ge=0.0, le=1.0)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("infilling", "token_masking", "token_deletion", "full_mask_prob", "max_noise"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+    def cross_checks(self) -> list[Problem]:
         total = self.infilling + self.token_masking + self.token_deletion
         if total != 0.0 and abs(total - 1.0) > 1e-6:
-            raise ValueError(
-                "infilling + token_masking + token_deletion are shares of the noise level and "
-                f"must sum to 1 (or all be 0), got {total}"
-            )
-        for name in ("sentence_permutation", "document_rotation"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        lam = self.poisson_lambda
-        if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0.0 < lam < math.inf:
-            raise ValueError(f"poisson_lambda must be in (0, inf), got {lam!r}")
+            return [
+                Problem(
+                    "infilling + token_masking + token_deletion",
+                    "1 (they are shares of the noise level), or all 0",
+                    total,
+                )
+            ]
+        return []
 
 
 def noise_source(
@@ -342,15 +336,14 @@ class Denoising(Objective):
     Settings = DenoisingSettings
 
     def __init__(
-        self, settings: DenoisingSettings, model_config: ModelConfig, special: SpecialTokens
+        self, settings: DenoisingSettings, model: ModelInfo, special: SpecialTokens
     ) -> None:
-        super().__init__(settings, model_config, special)
+        super().__init__(settings, model, special)
         for name in ("eos", "mask", "sep", "pad"):
             i = getattr(special, name)
-            if not 0 <= i < model_config.vocab_size:
+            if not 0 <= i < model.vocab_size:
                 raise ValueError(
-                    f"special token {name}={i} is outside the vocabulary [0, "
-                    f"{model_config.vocab_size})"
+                    f"special token {name}={i} is outside the vocabulary [0, {model.vocab_size})"
                 )
 
     def build_examples(self, batch: torch.Tensor, generator: torch.Generator) -> Examples:
@@ -398,13 +391,12 @@ class Denoising(Objective):
             noise_level=levels,
         )
 
-    def loss(self, model: GPT, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
+    def loss(self, model: CausalLM, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
         seed = int(torch.randint(0, 2**62, (1,)))
         ex = self.build_examples(batch, torch.Generator().manual_seed(seed))
         # The fused projection + cross-entropy skips the source and padding positions (target
         # -100) and never materialises (N, T, V) logits: half of a noised example's positions.
-        hidden = model.forward_hidden(model.embed(ex.inputs)).flatten(0, 1)  # (N * T, C)
-        weight = model.lm_head.weight
+        hidden = model.hidden_states(ex.inputs)  # (N, T, C)
         n_full = int(ex.plain.sum())
         logs: dict[str, float | torch.Tensor] = {}
         if 0 < n_full < ex.plain.numel():
@@ -412,14 +404,14 @@ class Denoising(Objective):
             # second projection; the loss is their token-weighted mean, as one call would give.
             total, count = 0.0, 0
             for name, rows in (("nll_plain", ex.plain), ("nll_denoise", ~ex.plain)):
-                targets = ex.targets.masked_fill(~rows[:, None], -100).flatten()
-                part = linear_cross_entropy(hidden, weight, targets)
-                tokens = int((targets != -100).sum())
+                targets = ex.targets.masked_fill(~rows[:, None], IGNORE)
+                part = model.next_token_loss(hidden, targets)
+                tokens = int((targets != IGNORE).sum())
                 total, count = total + part * tokens, count + tokens
                 logs[name] = part.detach()
             loss = total / count
         else:
-            loss = linear_cross_entropy(hidden, weight, ex.targets.flatten())
+            loss = model.next_token_loss(hidden, ex.targets)
         logs["nll"] = loss.detach()
         logs["full_mask_share"] = n_full / max(1, batch.size(0))  # share of rows
         if ex.noise_share:

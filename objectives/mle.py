@@ -6,9 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
-from beyondmle.model import GPT
-from objectives.base import Objective, ObjectiveOutput, ObjectiveSettings, TrainingState, token_nll
-from objectives.registry import register_objective
+from beyondmle.api import (
+    CausalLM,
+    Objective,
+    ObjectiveOutput,
+    ObjectiveSettings,
+    TrainingState,
+    register_objective,
+    setting,
+    token_nll,
+)
 
 
 @dataclass(frozen=True)
@@ -17,12 +24,7 @@ class MLESettings(ObjectiveSettings):
     2016, "Rethinking the Inception Architecture", §7); 0 gives the plain negative
     log-likelihood."""
 
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+    label_smoothing: float = setting(0.0, ge=0.0, lt=1.0)
 
 
 @register_objective("mle")
@@ -33,9 +35,10 @@ class MLE(Objective):
 
     Settings = MLESettings
 
-    def loss(self, model: GPT, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
+    def loss(self, model: CausalLM, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
+        hidden = model.hidden_states(batch[:, :-1])  # (B, T, C)
         if self.settings.label_smoothing:
-            loss = token_nll(model(batch[:, :-1]), batch[:, 1:], self.settings.label_smoothing)
+            loss = token_nll(model.logits(hidden), batch[:, 1:], self.settings.label_smoothing)
         else:
-            loss = model.nll(batch[:, :-1], batch[:, 1:])
+            loss = model.next_token_loss(hidden, batch[:, 1:])
         return ObjectiveOutput(loss=loss, logs={"nll": loss.detach()})

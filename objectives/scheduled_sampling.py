@@ -43,24 +43,21 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from beyondmle.api import (
+    CausalLM,
+    Objective,
+    ObjectiveOutput,
+    ObjectiveSettings,
+    Problem,
+    TrainingState,
+    register_objective,
+    setting,
+)
 from beyondmle.decoding import sample_categorical
-from beyondmle.fused_loss import linear_cross_entropy
-from beyondmle.model import GPT
-from objectives.base import Objective, ObjectiveOutput, ObjectiveSettings, TrainingState
-from objectives.registry import register_objective
 
 SCHEDULES = ("constant", "linear", "exponential", "inverse_sigmoid")
 MIXINGS = ("sample", "argmax", "soft")
-
-
-def _choices(values: tuple[str, ...]) -> str:
-    return ", ".join(repr(v) for v in values)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -95,68 +92,43 @@ class ScheduledSamplingSettings(ObjectiveSettings):
       reject it (it would only cost memory).
     """
 
-    schedule: str = "linear"
-    replace_prob: float = 0.1
-    max_replace_prob: float = 0.25
-    eps_start: float = 1.0
-    eps_min: float = 0.0
-    linear_slope: float = 1.0
-    exponential_base: float = 0.01
-    sigmoid_midpoint: float = 0.5
-    sigmoid_width: float = 0.1
-    mixing: str = "sample"
-    temperature: float = 1.0
-    passes: int = 2
+    schedule: str = setting("linear", choices=SCHEDULES)
+    replace_prob: float = setting(0.1, ge=0.0, le=1.0)
+    max_replace_prob: float = setting(0.25, ge=0.0, le=1.0)
+    eps_start: float = setting(1.0, ge=0.0, le=1.0)
+    eps_min: float = setting(0.0, ge=0.0, le=1.0)
+    linear_slope: float = setting(1.0, gt=0.0, lt=math.inf)
+    exponential_base: float = setting(0.01, gt=0.0, lt=1.0)
+    sigmoid_midpoint: float = setting(0.5, ge=0.0, lt=math.inf)
+    sigmoid_width: float = setting(0.1, gt=0.0, lt=math.inf)
+    mixing: str = setting("sample", choices=MIXINGS)
+    temperature: float = setting(1.0, gt=0.0, lt=math.inf)
+    passes: int = setting(2, ge=2)
     grad_through_passes: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"schedule must be one of {_choices(SCHEDULES)}, got {self.schedule!r}"
-            )
-        if self.mixing not in MIXINGS:
-            raise ValueError(f"mixing must be one of {_choices(MIXINGS)}, got {self.mixing!r}")
-        for name in ("replace_prob", "max_replace_prob", "eps_start", "eps_min"):
-            value = getattr(self, name)
-            if not (_is_real(value) and 0.0 <= value <= 1.0):
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    def cross_checks(self) -> list[Problem]:
+        problems = []
         if self.eps_min > self.eps_start:
-            raise ValueError(
-                f"eps_min must be at most eps_start={self.eps_start}, got {self.eps_min}"
-            )
+            problems.append(Problem("eps_min", f"at most eps_start={self.eps_start}", self.eps_min))
         if self.schedule == "constant" and self.replace_prob > self.max_replace_prob:
-            raise ValueError(
-                f"replace_prob must be at most max_replace_prob={self.max_replace_prob} "
-                f"(raise max_replace_prob too), got {self.replace_prob}"
-            )
-        if not (_is_real(self.linear_slope) and self.linear_slope > 0):
-            raise ValueError(f"linear_slope must be a number > 0, got {self.linear_slope!r}")
-        if not (_is_real(self.exponential_base) and 0.0 < self.exponential_base < 1.0):
-            raise ValueError(
-                f"exponential_base must be a number in (0, 1), got {self.exponential_base!r}"
-            )
-        if not (_is_real(self.sigmoid_midpoint) and self.sigmoid_midpoint >= 0):
-            raise ValueError(
-                f"sigmoid_midpoint must be a number >= 0, got {self.sigmoid_midpoint!r}"
-            )
-        if not (_is_real(self.sigmoid_width) and self.sigmoid_width > 0):
-            raise ValueError(f"sigmoid_width must be a number > 0, got {self.sigmoid_width!r}")
-        if not (_is_real(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
-        if not (isinstance(self.passes, int) and not isinstance(self.passes, bool)):
-            raise ValueError(f"passes must be an integer >= 2, got {self.passes!r}")
-        if self.passes < 2:
-            raise ValueError(f"passes must be an integer >= 2 (1 is plain MLE), got {self.passes}")
-        if not isinstance(self.grad_through_passes, bool):
-            raise ValueError(
-                f"grad_through_passes must be true or false, got {self.grad_through_passes!r}"
+            problems.append(
+                Problem(
+                    "replace_prob",
+                    f"at most max_replace_prob={self.max_replace_prob} (raise max_replace_prob "
+                    "too)",
+                    self.replace_prob,
+                )
             )
         if self.grad_through_passes and self.mixing != "soft":
-            raise ValueError(
-                "grad_through_passes must be false unless mixing is 'soft' (sampled and argmax "
-                f"tokens carry no gradient), got mixing={self.mixing!r}"
+            problems.append(
+                Problem(
+                    "grad_through_passes",
+                    "false unless mixing is 'soft' (sampled and argmax tokens carry no "
+                    f"gradient; mixing is {self.mixing!r})",
+                    self.grad_through_passes,
+                )
             )
+        return problems
 
 
 def _logistic(x: float) -> float:
@@ -240,27 +212,27 @@ def mix_token_ids(
 
 
 def mix_token_embeddings(
+    model: CausalLM,
     gold: torch.Tensor,
     logits: torch.Tensor,
     mask: torch.Tensor,
-    embedding: nn.Embedding,
     temperature: float = 1.0,
 ) -> torch.Tensor:
     """Token embeddings (B, T, C) of the next pass under soft mixing (Mihaylova & Martins 2019,
     §3): gold embeddings, with each masked position t replaced by the embedding averaged under
-    softmax(logits[:, t - 1] / temperature). Positions are added later (`GPT.embed_vectors`).
+    softmax(logits[:, t - 1] / temperature). Positions are added by `model.hidden_states`.
 
     The mixture weights carry gradient into `logits` when these do; the embedding matrix
     gets gradient through the mixture either way, as it does through a replaced token."""
-    gold_emb = embedding(gold)  # (B, T, C)
+    gold_emb = model.token_embeddings(gold)  # (B, T, C)
     probs = torch.softmax(logits[:, :-1].float() / temperature, dim=-1)  # (B, T - 1, V)
-    soft = (probs @ embedding.weight.float()).to(gold_emb.dtype)  # (B, T - 1, C)
+    soft = model.token_embeddings(probs).to(gold_emb.dtype)  # (B, T - 1, C)
     mixture = torch.cat([gold_emb[:, :1], soft], dim=1)
     return torch.where(mask.unsqueeze(-1), mixture, gold_emb)
 
 
 def parallel_passes(
-    model: GPT,
+    model: CausalLM,
     gold: torch.Tensor,
     mask: torch.Tensor,
     passes: int,
@@ -283,16 +255,15 @@ def parallel_passes(
     for index in range(passes):
         with torch.set_grad_enabled(grad and (index == passes - 1 or grad_through_passes)):
             if logits is None:
-                embedded = model.embed(gold)
+                hidden = model.hidden_states(gold)
             elif mixing == "soft":
-                inputs = mix_token_embeddings(gold, logits, mask, model.wte, temperature)
-                embedded = model.embed_vectors(inputs)
+                inputs = mix_token_embeddings(model, gold, logits, mask, temperature)
+                hidden = model.hidden_states(embeddings=inputs)
             else:
                 inputs = mix_token_ids(gold, logits, mask, mixing, temperature, generator)
-                embedded = model.embed(inputs)
-            hidden = model.forward_hidden(embedded)
+                hidden = model.hidden_states(inputs)
             if index < passes - 1:
-                logits = model.lm_head(hidden)  # (B, T, V): this pass's predictions
+                logits = model.logits(hidden)  # (B, T, V): this pass's predictions
     assert hidden is not None
     return hidden, inputs
 
@@ -306,7 +277,7 @@ class ScheduledSampling(Objective):
 
     Settings = ScheduledSamplingSettings
 
-    def loss(self, model: GPT, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
+    def loss(self, model: CausalLM, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
         s: ScheduledSamplingSettings = self.settings
         gold, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
         prob = replacement_prob(s, state.progress)
@@ -314,7 +285,7 @@ class ScheduledSampling(Objective):
         hidden, inputs = parallel_passes(
             model, gold, mask, s.passes, s.mixing, s.temperature, s.grad_through_passes
         )
-        loss = linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, targets.flatten())
+        loss = model.next_token_loss(hidden, targets)
         logs: dict[str, float | torch.Tensor] = {"nll": loss.detach(), "replace_prob": prob}
         if gold.size(1) > 1:
             logs["replaced_share"] = mask[:, 1:].float().mean()

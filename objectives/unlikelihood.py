@@ -19,14 +19,22 @@ departs from that code it says so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from beyondmle.api import (
+    CausalLM,
+    Objective,
+    ObjectiveOutput,
+    ObjectiveSettings,
+    TrainingState,
+    register_objective,
+    setting,
+    token_nll,
+)
 from beyondmle.decoding import DecodingConfig, generate
-from beyondmle.model import GPT
-from objectives.base import Objective, ObjectiveOutput, ObjectiveSettings, TrainingState, token_nll
-from objectives.registry import register_objective
 
 # Floors of 1 - p before the log, as in the authors' code: 1e-5 at token level
 # (candidate_penalty_ce_loss.py), 1e-20 at sequence level (sequence_penalty_loss.py). They keep
@@ -55,25 +63,12 @@ class UnlikelihoodSettings(ObjectiveSettings):
       n = 4).
     """
 
-    alpha: float = 1.0
-    sequence_fraction: float = 0.25
-    sequence_prob: float = 0.5
-    prefix_len: int = 50
-    continuation_len: int = 100
-    ngram: int = 4
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.alpha < float("inf"):
-            raise ValueError(f"alpha must be in [0, inf), got {self.alpha}")
-        if not 0.0 <= self.sequence_fraction <= 1.0:
-            raise ValueError(f"sequence_fraction must be in [0, 1], got {self.sequence_fraction}")
-        if not 0.0 <= self.sequence_prob <= 1.0:
-            raise ValueError(f"sequence_prob must be in [0, 1], got {self.sequence_prob}")
-        for name in ("prefix_len", "continuation_len", "ngram"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer in [1, inf), got {value!r}")
+    alpha: float = setting(1.0, ge=0.0, lt=math.inf)
+    sequence_fraction: float = setting(0.25, ge=0.0, le=1.0)
+    sequence_prob: float = setting(0.5, ge=0.0, le=1.0)
+    prefix_len: int = setting(50, ge=1)
+    continuation_len: int = setting(100, ge=1)
+    ngram: int = setting(4, ge=1)
 
 
 def token_candidates(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +146,7 @@ class Unlikelihood(Objective):
 
     Settings = UnlikelihoodSettings
 
-    def loss(self, model: GPT, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
+    def loss(self, model: CausalLM, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
         if self.is_sequence_step(state):
             return self.sequence_loss(model, batch)
         return self.token_loss(model, batch)
@@ -166,7 +161,7 @@ class Unlikelihood(Objective):
         generator = torch.Generator().manual_seed(_SCHEDULE_SALT + state.step)
         return bool(torch.rand((), generator=generator) < s.sequence_prob)
 
-    def token_loss(self, model: GPT, batch: torch.Tensor) -> ObjectiveOutput:
+    def token_loss(self, model: CausalLM, batch: torch.Tensor) -> ObjectiveOutput:
         """MLE + alpha * token-level unlikelihood (§5.1, Eq. 5).
 
         As in the authors' `candidate_penalty_ce_loss`, both terms are sums over the tokens
@@ -174,7 +169,7 @@ class Unlikelihood(Objective):
         -log(1 - p(c)) over all candidates of all positions, divided by B * T.
         """
         targets = batch[:, 1:]
-        logits = model(batch[:, :-1])  # (B, T, V)
+        logits = model.logits(model.hidden_states(batch[:, :-1]))  # (B, T, V)
         if self.settings.alpha == 0.0:
             nll = token_nll(logits, targets)
             logs = {"nll": nll.detach(), "alpha_term": 0.0, "sequence_update": 0.0}
@@ -199,7 +194,7 @@ class Unlikelihood(Objective):
         they exceed the model's context, and the prefix no longer than a batch row."""
         s = self.settings
         prefix, continuation = s.prefix_len, s.continuation_len
-        context = self.model_config.block_size
+        context = self.model_info.context_length
         if prefix + continuation > context:
             if context < 2:
                 raise ValueError(f"block_size={context} leaves no room for a continuation")
@@ -223,7 +218,7 @@ class Unlikelihood(Objective):
         n = max(1, B * (width - 1) // (prefix + continuation))
         return chunks[:n]
 
-    def sequence_loss(self, model: GPT, batch: torch.Tensor) -> ObjectiveOutput:
+    def sequence_loss(self, model: CausalLM, batch: torch.Tensor) -> ObjectiveOutput:
         """Sequence-level unlikelihood (§5.2, Eq. 6 with C^{repeat-n}, Eq. 7).
 
         The model greedily continues prefixes of the batch (without gradients, with the KV
@@ -245,7 +240,8 @@ class Unlikelihood(Objective):
         was_training = model.training
         model.eval()
         try:
-            logits = model(sequence[:, :-1])[:, prefix_len - 1 :]  # predicts the continuation
+            hidden = model.hidden_states(sequence[:, :-1])[:, prefix_len - 1 :]
+            logits = model.logits(hidden)  # predicts the continuation
         finally:
             model.train(was_training)
         log_probs = logits.float().log_softmax(-1).gather(-1, continuation[..., None])[..., 0]

@@ -10,6 +10,6 @@ sections from metric values), `artifacts` (training curves and samples from arti
 escaping), `formatting` (numbers and times), `builder` (the entry point).
 """
 
-from reports.builder import build_document, build_report
+from beyondmle.reports.builder import build_document, build_report
 
 __all__ = ["build_document", "build_report"]

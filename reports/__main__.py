@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reports.builder import build_report
+from beyondmle.reports.builder import build_report
 
 
 def main(argv: list[str] | None = None) -> int:

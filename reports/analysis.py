@@ -9,9 +9,8 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
-
-from reports import catalogue, stats
-from reports.load import Results, decoding_family, parse_decoding, sort_decodings
+from beyondmle.reports import catalogue, stats
+from beyondmle.reports.load import Results, decoding_family, parse_decoding, sort_decodings
 
 KEY = ["corpus", "objective", "decoding", "metric"]
 

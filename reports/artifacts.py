@@ -4,11 +4,10 @@ Lightning logs and generated samples side by side."""
 from __future__ import annotations
 
 import pandas as pd
-
-from reports import plots
-from reports.context import Context, per_corpus
-from reports.document import BulletList, Figure, Paragraph, Samples, Section
-from reports.load import read_samples, read_train_log
+from beyondmle.reports import plots
+from beyondmle.reports.context import Context, per_corpus
+from beyondmle.reports.document import BulletList, Figure, Paragraph, Samples, Section
+from beyondmle.reports.load import read_samples, read_train_log
 
 N_PROMPTS = 3
 MAX_SAMPLE_CHARS = 1500

@@ -12,11 +12,11 @@ import os
 import time
 from pathlib import Path
 
-from reports import artifacts, provenance, sections
-from reports.context import Context
-from reports.document import Document
-from reports.load import load_results
-from reports.render import to_html, to_markdown
+from beyondmle.reports import artifacts, catalogue, provenance, sections
+from beyondmle.reports.context import Context
+from beyondmle.reports.document import Document
+from beyondmle.reports.load import load_results
+from beyondmle.reports.render import to_html, to_markdown
 
 HTML_NAME = "index.html"
 MARKDOWN_NAME = "report.md"
@@ -26,6 +26,11 @@ FIGURE_PREFIXES = ("gap", "frontier", "curves")
 def build_document(results_dir: str | Path, generated_at: float | None = None) -> Document:
     """The report of a results directory as a `Document` (nothing written)."""
     results = load_results(results_dir)
+    with catalogue.using(catalogue.from_table(results.metric_info)):
+        return _document(results, results_dir, generated_at)
+
+
+def _document(results, results_dir: str | Path, generated_at: float | None) -> Document:
     ctx = Context.build(results)
     generated_at = time.time() if generated_at is None else generated_at
     doc = Document(

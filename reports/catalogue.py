@@ -1,9 +1,17 @@
-"""What the report knows about metrics: display names, which direction is better, and which
-metrics depend on the decoding. Metrics not listed here are still shown, unranked."""
+"""What the report knows about metrics: display names, which direction is better, which
+metrics depend on the decoding, number formats. All of it comes from the results database's
+`metric_info` table, which the evaluation writes from each metric's own declaration, so a newly
+registered metric is named and ranked without a line of report code. A metric the database
+says nothing of (a results directory from before schema version 2) is shown under its own name,
+unranked."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -12,33 +20,35 @@ class MetricInfo:
     display: str
     higher_is_better: bool | None  # None: no direction (e.g. Zipf's coefficient)
     per_decoding: bool
+    format: str = ""  # a Python format spec; '' lets the report choose
 
 
-_INFOS = [
-    MetricInfo("ppl_test", "test perplexity", False, False),
-    MetricInfo("ppl_valid", "valid perplexity", False, False),
-    MetricInfo("ppl_word_test", "word-level test perplexity", False, False),
-    MetricInfo("ppl_word_valid", "word-level valid perplexity", False, False),
-    MetricInfo("bpb_test", "test bits per byte", False, False),
-    MetricInfo("bpb_valid", "valid bits per byte", False, False),
-    MetricInfo("nll_continuation", "continuation NLL", False, False),
-    MetricInfo("rep", "rep", False, False),
-    MetricInfo("wrep", "wrep", False, False),
-    MetricInfo("uniq", "uniq", True, False),
-    MetricInfo("mauve", "MAUVE", True, True),
-    MetricInfo("mauve_std", "MAUVE std", None, True),
-    MetricInfo("fed", "FED", False, True),
-    MetricInfo("distinct_1", "distinct-1", True, True),
-    MetricInfo("distinct_2", "distinct-2", True, True),
-    MetricInfo("distinct_3", "distinct-3", True, True),
-    MetricInfo("distinct_4", "distinct-4", True, True),
-    MetricInfo("self_bleu_4", "Self-BLEU-4", False, True),
-    MetricInfo("seq_rep_4", "seq-rep-4", False, True),
-    MetricInfo("entropy_4", "entropy-4", True, True),
-    MetricInfo("zipf", "Zipf coefficient", None, True),
-]
+_KNOWN: dict[str, MetricInfo] = {}
 
-METRICS: dict[str, MetricInfo] = {m.name: m for m in _INFOS}
+
+def from_table(table: pd.DataFrame) -> list[MetricInfo]:
+    """The rows of the `metric_info` table, in the order they were written."""
+    out = []
+    for row in table.itertuples(index=False):
+        higher = None if pd.isna(row.higher_is_better) else bool(row.higher_is_better)
+        out.append(
+            MetricInfo(row.metric, row.display, higher, bool(row.per_decoding), row.format or "")
+        )
+    return out
+
+
+@contextmanager
+def using(infos: Iterable[MetricInfo]):
+    """Make `infos` what `info`, `display` and `metric_order` know while a report is built."""
+    saved = dict(_KNOWN)
+    _KNOWN.clear()
+    _KNOWN.update((m.name, m) for m in infos)
+    try:
+        yield
+    finally:
+        _KNOWN.clear()
+        _KNOWN.update(saved)
+
 
 # The headline table, in column order: likelihood, quality, diversity, repetition.
 HEADLINE_METRICS = [
@@ -61,9 +71,13 @@ QUALITY_PREFERENCE = ["mauve", "fed", "seq_rep_4", "distinct_4", "self_bleu_4"]
 BASELINE_OBJECTIVE = "mle"
 
 
+def known() -> dict[str, MetricInfo]:
+    return dict(_KNOWN)
+
+
 def info(metric: str) -> MetricInfo:
     """The metric's description; an unknown metric gets its own name and no direction."""
-    return METRICS.get(metric, MetricInfo(metric, metric, None, True))
+    return _KNOWN.get(metric, MetricInfo(metric, metric, None, True))
 
 
 def display(metric: str) -> str:
@@ -74,6 +88,8 @@ def display(metric: str) -> str:
 
 
 def metric_order(metrics) -> list[str]:
-    """Known metrics in catalogue order, then unknown ones alphabetically."""
-    known = [m.name for m in _INFOS if m.name in set(metrics)]
-    return known + sorted(set(metrics) - set(known))
+    """Known metrics in the order their metrics declared them, then unknown ones
+    alphabetically."""
+    present = set(metrics)
+    ordered = [name for name in _KNOWN if name in present]
+    return ordered + sorted(present - set(ordered))

@@ -7,10 +7,9 @@ import re
 from dataclasses import dataclass, field
 
 import pandas as pd
-
-from reports import analysis, plots
-from reports.document import Paragraph, Section
-from reports.load import Results
+from beyondmle.reports import analysis, plots
+from beyondmle.reports.document import Paragraph, Section
+from beyondmle.reports.load import Results
 
 
 @dataclass

@@ -13,11 +13,14 @@ def finite(value) -> bool:
         return False
 
 
-def number(value) -> str:
-    """Three or four significant figures, thousands separated; '—' when missing."""
+def number(value, spec: str = "") -> str:
+    """Three or four significant figures, thousands separated; '—' when missing. A format
+    spec (a metric's declared format) overrides the choice."""
     if not finite(value):
         return "—"
     v = float(value)
+    if spec:
+        return format(v, spec)
     a = abs(v)
     if a == 0:
         return "0"
@@ -34,8 +37,8 @@ def number(value) -> str:
     return f"{v:.1e}"
 
 
-def signed(value) -> str:
-    text = number(value)
+def signed(value, spec: str = "") -> str:
+    text = number(value, spec)
     return text if not finite(value) or float(value) < 0 or text == "0" else "+" + text
 
 
@@ -47,9 +50,12 @@ def estimate(mean, low, high, n, sign: bool = False) -> str:
     return f"{value} ({detail})" if detail.startswith("n=") else f"{value} {detail}"
 
 
-def estimate_parts(mean, low, high, n, sign: bool = False) -> tuple[str, str]:
+def estimate_parts(mean, low, high, n, sign: bool = False, spec: str = "") -> tuple[str, str]:
     """`estimate` split into the value and its interval (or `n=1`)."""
-    fmt = signed if sign else number
+
+    def fmt(x) -> str:
+        return signed(x, spec) if sign else number(x, spec)
+
     if not finite(mean):
         return "—", ""
     if n is None or int(n) < 2 or not (finite(low) and finite(high)):

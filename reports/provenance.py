@@ -7,12 +7,19 @@ import json
 from pathlib import Path
 
 import pandas as pd
-
-from reports import analysis, catalogue
-from reports import formatting as fmt
-from reports.context import Context, decoding_name
-from reports.document import BulletList, Cell, Details, Paragraph, Preformatted, Section, Table
-from reports.load import sort_decodings
+from beyondmle.reports import analysis, catalogue
+from beyondmle.reports import formatting as fmt
+from beyondmle.reports.context import Context, decoding_name
+from beyondmle.reports.document import (
+    BulletList,
+    Cell,
+    Details,
+    Paragraph,
+    Preformatted,
+    Section,
+    Table,
+)
+from beyondmle.reports.load import sort_decodings
 
 
 def warnings_section(ctx: Context) -> Section:

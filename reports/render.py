@@ -14,7 +14,7 @@ import base64
 import html
 import re
 
-from reports.document import (
+from beyondmle.reports.document import (
     BulletList,
     Cell,
     Details,

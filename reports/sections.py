@@ -7,12 +7,11 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-
-from reports import analysis, catalogue, plots, stats
-from reports import formatting as fmt
-from reports.context import Context, decoding_name, per_corpus
-from reports.document import Cell, Details, Figure, Paragraph, Section, Table
-from reports.load import sort_decodings
+from beyondmle.reports import analysis, catalogue, plots, stats
+from beyondmle.reports import formatting as fmt
+from beyondmle.reports.context import Context, decoding_name, per_corpus
+from beyondmle.reports.document import Cell, Details, Figure, Paragraph, Section, Table
+from beyondmle.reports.load import sort_decodings
 
 STATS_NOTE = (
     f"Values are means over seeds with a {stats.CONFIDENCE:.0%} percentile-bootstrap interval "
@@ -55,7 +54,9 @@ def _metric_table(
             if r is None:
                 row.append(Cell("—", tone="muted"))
                 continue
-            text, interval = fmt.estimate_parts(r["mean"], r["low"], r["high"], r["n"])
+            text, interval = fmt.estimate_parts(
+                r["mean"], r["low"], r["high"], r["n"], spec=catalogue.info(m).format
+            )
             warning = r["warning"] if isinstance(r["warning"], str) else ""
             if warning:
                 text += " †"

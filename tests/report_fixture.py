@@ -8,7 +8,14 @@ import json
 import math
 from pathlib import Path
 
-from beyondmle.results import FingerprintRow, MetricRow, ResultsDB
+from beyondmle.evaluation import (
+    DEFAULT_METRICS,
+    FingerprintRow,
+    MetricInfoRow,
+    MetricRow,
+    metric_info,
+)
+from beyondmle.results import ResultsDB
 
 PLANTED = "<script>alert(1)</script>"
 FAILED_ERROR = (
@@ -123,6 +130,7 @@ def make_results(
     decodings: tuple[str, ...] = ("top_p=0.9", "temperature=0.7"),
     with_mauve: bool = True,
     failed: bool = True,
+    extra_info: list[MetricInfoRow] = (),
 ) -> Path:
     """Write a results directory; the planted `<script>` is in sample 0 of every objective's
     first seed at every decoding."""
@@ -130,6 +138,7 @@ def make_results(
     db = ResultsDB(directory)
     spec = f"corpus: {CORPUS}\nobjectives: {list(objectives)}\nseeds: {list(seeds)}\n"
     db.start_run(RUN_ID, "specs/tiny.yaml", spec, "0123abcd", {"python": "3.11", "torch": "2.4"})
+    db.record_metric_info(metric_info(list(DEFAULT_METRICS)) + list(extra_info))
     metric_names = {
         "ppl_test", "ppl_valid", "bpb_test", "rep", "wrep", "uniq", "distinct_4",
         "self_bleu_4", "seq_rep_4", "entropy_4", "zipf",

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from beyondmle.api import Corpus, CorpusError, load_corpus
 from beyondmle.cli import main
-from beyondmle.corpora import Corpus, CorpusError, load_corpus
 from beyondmle.data import TokenBlocks, check_corpus_fits, prompt_continuation_pairs
 from beyondmle.tokenization import BPETokenizer, WordTokenizer, tokenizer_from_json
 
@@ -224,14 +224,16 @@ def corpus_error(tmp_path: Path, paths: list[Path]) -> str:
 
 def test_missing_file_is_reported(tmp_path):
     path = tmp_path / "nowhere.txt"
-    assert corpus_error(tmp_path, [path]) == f"corpus file {path} does not exist"
+    assert corpus_error(tmp_path, [path]) == (
+        f"corpus 'text': paths must be readable files ({path} does not exist)"
+    )
 
 
 def test_unreadable_path_is_reported(tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
     message = corpus_error(tmp_path, [folder])
-    assert message == f"corpus file {folder} cannot be read: Is a directory"
+    assert message == f"corpus 'text': paths must be readable files ({folder} is not a file)"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
@@ -257,14 +259,19 @@ def test_non_utf8_file_is_reported_with_the_offset(tmp_path):
     assert message == f"corpus file {path} is not UTF-8 text: invalid byte at offset 14"
 
 
-def test_the_first_bad_file_of_several_is_named(tmp_path):
-    good, missing = tmp_path / "good.txt", tmp_path / "missing.txt"
+def test_every_missing_file_of_several_is_named(tmp_path):
+    good, missing, gone = tmp_path / "good.txt", tmp_path / "missing.txt", tmp_path / "gone.txt"
     write_documents(good)
-    assert corpus_error(tmp_path, [good, missing]) == f"corpus file {missing} does not exist"
+    assert corpus_error(tmp_path, [good, missing, gone]) == (
+        f"corpus 'text': paths must be readable files ({missing} does not exist); "
+        f"paths must be readable files ({gone} does not exist)"
+    )
 
 
 def test_no_paths_is_reported(tmp_path):
-    assert corpus_error(tmp_path, []) == "corpus 'text' needs at least one file in `paths`"
+    assert corpus_error(tmp_path, []) == (
+        "corpus 'text': paths must be a list of strings with at least 1 item, got []"
+    )
 
 
 @pytest.mark.parametrize("n", [1, 2])
@@ -284,7 +291,7 @@ def test_three_documents_are_enough_to_split(tmp_path):
 
 
 def test_unknown_corpus_is_reported():
-    with pytest.raises(CorpusError, match=r"unknown corpus 'wiki'; available: ptb, text"):
+    with pytest.raises(CorpusError, match=r"unknown corpus 'wiki'; known: ptb, text"):
         load_corpus("wiki")
 
 

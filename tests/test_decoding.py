@@ -271,12 +271,12 @@ def test_the_sampler_is_reproducible_under_a_seeded_generator():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"temperature": 0.0}, r"temperature must be > 0, got 0.0"),
-        ({"temperature": -1.0}, r"temperature must be > 0, got -1.0"),
-        ({"top_k": 0}, r"top_k must be >= 1, got 0"),
-        ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
-        ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
-        ({"top_p": -0.1}, r"top_p must be in \(0, 1\], got -0.1"),
+        ({"temperature": 0.0}, r"temperature must be a number > 0, got 0.0"),
+        ({"temperature": -1.0}, r"temperature must be a number > 0, got -1.0"),
+        ({"top_k": 0}, r"top_k must be an integer >= 1 or nothing, got 0"),
+        ({"top_p": 0.0}, r"top_p must be a number in \(0, 1\] or nothing, got 0.0"),
+        ({"top_p": 1.5}, r"top_p must be a number in \(0, 1\] or nothing, got 1.5"),
+        ({"top_p": -0.1}, r"top_p must be a number in \(0, 1\] or nothing, got -0.1"),
     ],
 )
 def test_decoding_config_rejects_invalid_values(kwargs, message):
@@ -316,10 +316,16 @@ class Counter(nn.Module):
     def new_cache(self, batch_size: int, max_len: int):
         return None  # the rule needs only the last token
 
-    def forward(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        nxt = (idx + 1) % self.vocab  # (B, T)
+        return idx  # the "hidden state" of a position is its token
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        nxt = (hidden + 1) % self.vocab
         return torch.nn.functional.one_hot(nxt, self.vocab).float() * 10.0
+
+    def step(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
+        return self.logits(self.hidden_states(idx))
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

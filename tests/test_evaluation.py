@@ -5,11 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from beyondmle.corpora import load_corpus
+from beyondmle.api import (
+    available_metrics,
+    fingerprint,
+    get_metric,
+    load_corpus,
+    register_featurizer,
+)
 from beyondmle.decoding import DecodingConfig
 from beyondmle.evaluation import EvaluationConfig, Evaluator, sample_file_name
-from beyondmle.metrics import available_metrics, fingerprint, get_metric
-from beyondmle.metrics.featurizers import register_featurizer
 from beyondmle.model import GPT, ModelConfig
 
 
@@ -78,7 +82,7 @@ def test_every_fingerprint_names_the_tokenizer(ptb) -> None:
 
 
 def test_unknown_metric_is_refused_with_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown metrics.*available: perplexity"):
+    with pytest.raises(ValueError, match=r"metrics must be registered metrics \(continuation, "):
         EvaluationConfig(metrics=["perplexity", "bleurt"])
 
 
@@ -140,14 +144,41 @@ def test_sample_file_names_are_safe() -> None:
     assert sample_file_name("greedy") == "greedy.jsonl"
 
 
-def test_every_metric_the_evaluation_writes_has_a_name_and_direction_in_the_report(
-    ptb, tmp_path
-) -> None:
-    from reports.catalogue import METRICS
+def test_every_metric_the_evaluation_writes_is_declared_with_its_meaning(ptb, tmp_path) -> None:
+    from beyondmle.evaluation import metric_info
 
+    config_metrics = EvaluationConfig().metrics
     ev = evaluator(ptb, featurizer="length-recorder", feature_cache=str(tmp_path), num_samples=40)
     rows, _ = ev.model_metrics()
     decoding = DecodingConfig(top_p=0.9)
     sample_rows, _ = ev.sample_metrics(decoding, ev.generate(decoding, seed=0))
     written = {r.metric for r in rows + sample_rows}
-    assert written - set(METRICS) == set()
+    info = {r.metric: r for r in metric_info(config_metrics)}
+    assert written <= set(info)
+    # Directions as the papers define them, checked independently of the declarations.
+    assert info["mauve"].higher_is_better is True and info["fed"].higher_is_better is False
+    assert info["ppl_test"].higher_is_better is False and info["bpb_test"].per_decoding is False
+    assert info["self_bleu_4"].higher_is_better is False
+    assert info["distinct_4"].higher_is_better is True and info["distinct_4"].per_decoding
+    assert info["zipf"].higher_is_better is None
+
+
+def test_a_value_its_metric_does_not_declare_is_refused(ptb) -> None:
+    from beyondmle.api import METRICS, MetricValue, Output, register_metric
+
+    @register_metric(
+        "test_undeclared",
+        version="1",
+        needs={"samples"},
+        per_decoding=True,
+        outputs=[Output("declared", "declared", higher_is_better=True)],
+    )
+    def undeclared(inputs):
+        return [MetricValue("something_else", 1.0)]
+
+    try:
+        ev = evaluator(ptb, metrics=["test_undeclared"])
+        with pytest.raises(KeyError, match="does not declare"):
+            ev.sample_metrics(DecodingConfig(greedy=True), [[1, 2]] * 6)
+    finally:
+        METRICS.remove("test_undeclared")

@@ -14,16 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beyondmle.metrics.featurizers import (
-    GPT2_LARGE_PATH_ENV,
-    MINILM_PYPI_PACKAGE,
+from beyondmle.api import (
     FeaturizerUnavailableError,
     available_featurizers,
-    cached_encode,
-    feature_key,
     get_featurizer,
     register_featurizer,
 )
+from beyondmle.feature_cache import cached_encode, feature_key
+from beyondmle.metrics.featurizers import GPT2_LARGE_PATH_ENV, MINILM_PYPI_PACKAGE
 
 
 @register_featurizer("test-counting")
@@ -69,7 +67,7 @@ def test_registry_lists_builtins_and_instantiates_with_options():
 
 
 def test_registry_rejects_unknown_names_duplicates_and_incomplete_plugins():
-    with pytest.raises(ValueError, match="unknown featurizer 'nope'"):
+    with pytest.raises(LookupError, match="unknown featurizer 'nope'"):
         get_featurizer("nope")
 
     class Other(CountingFeaturizer):

@@ -25,7 +25,7 @@ def test_fused_loss_and_gradients_equal_plain_cross_entropy(chunk_size: int) -> 
         assert torch.allclose(ours, theirs, atol=1e-6)
 
 
-def test_model_nll_equals_cross_entropy_on_logits_with_tied_weights() -> None:
+def test_model_next_token_loss_equals_cross_entropy_on_logits_with_tied_weights() -> None:
     torch.manual_seed(0)
     model = GPT(
         ModelConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
@@ -33,11 +33,23 @@ def test_model_nll_equals_cross_entropy_on_logits_with_tied_weights() -> None:
     batch = torch.randint(0, 40, (3, 17))
     plain = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
     plain_grads = torch.autograd.grad(plain, list(model.parameters()))
-    fused = model.nll(batch[:, :-1], batch[:, 1:])
+    fused = model.next_token_loss(model.hidden_states(batch[:, :-1]), batch[:, 1:])
     fused_grads = torch.autograd.grad(fused, list(model.parameters()))
     assert torch.allclose(fused, plain, atol=1e-6)
     for ours, theirs in zip(fused_grads, plain_grads, strict=True):
         assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_model_next_token_loss_skips_a_custom_ignore_index() -> None:
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    model.eval()
+    batch = torch.randint(0, 40, (2, 9))
+    targets = batch[:, 1:].clone()
+    targets[:, :4] = -7
+    hidden = model.hidden_states(batch[:, :-1])
+    expected = F.cross_entropy(model.logits(hidden)[:, 4:].flatten(0, 1), targets[:, 4:].flatten())
+    assert torch.allclose(model.next_token_loss(hidden, targets, ignore_index=-7), expected)
 
 
 def test_fused_loss_under_bf16_autocast_is_close_to_the_plain_one() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from beyondmle.corpora import Corpus
+from beyondmle.api import Corpus
 from beyondmle.metrics.likelihood import Likelihood, continuation_scores, perplexity
 from beyondmle.tokenization import WordTokenizer
 

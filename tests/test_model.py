@@ -32,12 +32,12 @@ def test_cached_decoding_matches_full_recomputation_token_by_token():
     seq = random_tokens(3, CONFIG.block_size)
     prompt_len = 5
     cache = model.new_cache(3, CONFIG.block_size)
-    cached = model(seq[:, :prompt_len], cache)
+    cached = model.step(seq[:, :prompt_len], cache)
     assert cache.length == prompt_len
     # The prompt's own logits, computed in one cached call, already match.
     torch.testing.assert_close(cached, model(seq[:, :prompt_len]), rtol=1e-5, atol=1e-5)
     for t in range(prompt_len, CONFIG.block_size):
-        step = model(seq[:, t : t + 1], cache)[:, -1]
+        step = model.step(seq[:, t : t + 1], cache)[:, -1]
         full = model(seq[:, : t + 1])[:, -1]
         torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
     assert cache.length == CONFIG.block_size
@@ -51,7 +51,7 @@ def test_cached_decoding_matches_full_recomputation_with_prompt_in_chunks(chunks
     cache = model.new_cache(2, CONFIG.block_size)
     start = 0
     for size in chunks:
-        logits = model(seq[:, start : start + size], cache)  # (B, size, V)
+        logits = model.step(seq[:, start : start + size], cache)  # (B, size, V)
         # Every position of the chunk must see exactly the keys before it, no more, no less.
         full = model(seq[:, : start + size])[:, start:]
         torch.testing.assert_close(logits, full, rtol=1e-5, atol=1e-5)
@@ -65,7 +65,7 @@ def test_cache_in_another_dtype_gives_the_same_logits_in_the_model_dtype():
     model = tiny_model()
     seq = random_tokens(1, 6)
     cache = model.new_cache(1, 6, dtype=torch.float64)
-    out = torch.cat([model(seq[:, i : i + 1], cache) for i in range(6)], dim=1)
+    out = torch.cat([model.step(seq[:, i : i + 1], cache) for i in range(6)], dim=1)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, model(seq), rtol=1e-5, atol=1e-5)
 
@@ -82,10 +82,10 @@ def test_input_longer_than_block_size_raises_a_clear_value_error():
 def test_cached_positions_past_block_size_raise_a_clear_value_error():
     model = tiny_model()
     cache = model.new_cache(1, CONFIG.block_size)
-    model(random_tokens(1, CONFIG.block_size - 1), cache)
-    model(random_tokens(1, 1), cache)  # exactly block_size tokens: fine
+    model.step(random_tokens(1, CONFIG.block_size - 1), cache)
+    model.step(random_tokens(1, 1), cache)  # exactly block_size tokens: fine
     with pytest.raises(ValueError, match=r"sequence of 17 tokens exceeds block_size=16"):
-        model(random_tokens(1, 1), cache)
+        model.step(random_tokens(1, 1), cache)
 
 
 def test_cache_longer_than_block_size_is_refused():
@@ -97,9 +97,9 @@ def test_cache_longer_than_block_size_is_refused():
 def test_feeding_past_the_cache_length_raises_a_clear_value_error():
     model = tiny_model()
     cache = model.new_cache(1, 4)
-    model(random_tokens(1, 4), cache)
+    model.step(random_tokens(1, 4), cache)
     with pytest.raises(ValueError, match="cache"):
-        model(random_tokens(1, 1), cache)
+        model.step(random_tokens(1, 1), cache)
 
 
 def test_generate_past_block_size_is_refused():
@@ -114,7 +114,7 @@ def test_a_full_block_is_accepted():
 
 
 def test_n_embd_not_divisible_by_n_head_is_refused():
-    with pytest.raises(ValueError, match="n_embd=16 must be divisible by n_head=3"):
+    with pytest.raises(ValueError, match="n_embd must be divisible by n_head=3, got 16"):
         ModelConfig(n_embd=16, n_head=3)
 
 

@@ -11,17 +11,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from beyondmle.model import GPT, ModelConfig
-from objectives import ObjectiveDiverged, Optimizers, SpecialTokens, TrainingState, get_objective
-from objectives.adversarial import (
+from beyondmle.objectives.adversarial import (
     Adversarial,
     AdversarialSettings,
     conditional_gumbel,
     discounted_returns,
     straight_through_gumbel,
 )
+from torch import nn
+
+from beyondmle.api import ObjectiveDiverged, Optimizers, SpecialTokens, TrainingState, get_objective
+from beyondmle.model import GPT, ModelConfig
 
 CONFIG = ModelConfig(vocab_size=20, block_size=12, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
 SPECIAL = SpecialTokens(eos=0, mask=1, sep=2, pad=3)
@@ -38,7 +38,7 @@ def one_thread():
 
 def make(**settings) -> Adversarial:
     settings.setdefault("disc_layers", 1)
-    return Adversarial(AdversarialSettings(**settings), CONFIG, SPECIAL)
+    return Adversarial(AdversarialSettings(**settings), CONFIG.info, SPECIAL)
 
 
 def optimizers_for(opts: dict[str, torch.optim.Optimizer]) -> Optimizers:

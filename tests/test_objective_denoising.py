@@ -8,12 +8,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from beyondmle.model import GPT, ModelConfig
-from objectives.base import SpecialTokens, TrainingState, token_nll
-from objectives.denoising import (
+from beyondmle.objectives.denoising import (
     Denoising,
     DenoisingSettings,
     document_rotation,
@@ -24,7 +19,12 @@ from objectives.denoising import (
     token_deletion,
     token_masking,
 )
-from objectives.mle import MLE, MLESettings
+from beyondmle.objectives.mle import MLE, MLESettings
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beyondmle.api import SpecialTokens, TrainingState, token_nll
+from beyondmle.model import GPT, ModelConfig
 
 SPECIAL = SpecialTokens(eos=0, mask=1, sep=2, pad=3)
 MASK = SPECIAL.mask
@@ -289,7 +289,7 @@ def make_batch(B: int = 3, seed: int = 0) -> torch.Tensor:
 
 
 def objective(**kwargs) -> Denoising:
-    return Denoising(DenoisingSettings(**kwargs), CONFIG, SPECIAL)
+    return Denoising(DenoisingSettings(**kwargs), CONFIG.info, SPECIAL)
 
 
 def test_full_mask_example_is_the_plain_block() -> None:
@@ -335,7 +335,7 @@ def test_full_mask_prob_one_gives_exactly_the_mle_loss() -> None:
     batch = make_batch(B=4, seed=3)
     state = TrainingState(step=0, progress=0.0)
     denoise = objective(full_mask_prob=1.0).loss(model, batch, state)
-    mle = MLE(MLESettings(), CONFIG, SPECIAL).loss(model, batch, state)
+    mle = MLE(MLESettings(), CONFIG.info, SPECIAL).loss(model, batch, state)
     assert torch.equal(denoise.loss, mle.loss)
     assert denoise.logs["full_mask_share"] == 1.0
 

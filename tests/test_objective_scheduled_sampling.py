@@ -8,13 +8,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from beyondmle.model import GPT, ModelConfig
-from objectives.base import SpecialTokens, TrainingState, token_nll
-from objectives.mle import MLE, MLESettings
-from objectives.scheduled_sampling import (
+from beyondmle.objectives.mle import MLE, MLESettings
+from beyondmle.objectives.scheduled_sampling import (
     ScheduledSampling,
     ScheduledSamplingSettings,
     mix_token_embeddings,
@@ -25,6 +20,11 @@ from objectives.scheduled_sampling import (
     replacement_prob,
     teacher_forcing_prob,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beyondmle.api import SpecialTokens, TrainingState, token_nll
+from beyondmle.model import GPT, ModelConfig
 
 CONFIG = ModelConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
 SPECIAL = SpecialTokens(eos=0, mask=1, sep=2, pad=3)
@@ -42,7 +42,7 @@ def make_batch(batch_size: int = 3, length: int = 9, seed: int = 1) -> torch.Ten
 
 
 def objective(**kwargs) -> ScheduledSampling:
-    return ScheduledSampling(ScheduledSamplingSettings(**kwargs), CONFIG, SPECIAL)
+    return ScheduledSampling(ScheduledSamplingSettings(**kwargs), CONFIG.info, SPECIAL)
 
 
 def loss_and_grads(obj, model: GPT, batch: torch.Tensor, state: TrainingState = START):
@@ -81,7 +81,7 @@ def test_registered_under_its_name() -> None:
 def test_no_replacement_gives_the_mle_loss_and_gradient(kwargs: dict, progress: float) -> None:
     model, batch = make_model(), make_batch()
     state = TrainingState(step=5, progress=progress)
-    mle = MLE(MLESettings(), CONFIG, SPECIAL)
+    mle = MLE(MLESettings(), CONFIG.info, SPECIAL)
     mle_out, mle_grads = loss_and_grads(mle, model, batch, state)
     ss_out, ss_grads = loss_and_grads(objective(**kwargs), model, batch, state)
     assert ss_out.logs["replace_prob"] == 0.0
@@ -96,7 +96,7 @@ def test_soft_mixing_with_no_replacement_gives_the_gold_embeddings() -> None:
     logits = model(gold)
     mask = replacement_mask(tuple(gold.shape), 0.0)
     assert not mask.any()
-    mixed = mix_token_embeddings(gold, logits, mask, model.wte, temperature=0.7)
+    mixed = mix_token_embeddings(model, gold, logits, mask, temperature=0.7)
     assert torch.equal(mixed, model.wte(gold))
 
 
@@ -172,7 +172,7 @@ def test_soft_full_replacement_is_the_expected_embedding() -> None:
     with torch.no_grad():
         logits = model(gold)
         mask = replacement_mask(tuple(gold.shape), 1.0)
-        mixed = mix_token_embeddings(gold, logits, mask, model.wte, temperature)
+        mixed = mix_token_embeddings(model, gold, logits, mask, temperature)
         assert torch.equal(mixed[:, 0], model.wte(gold[:, 0]))
         for t in range(1, gold.size(1)):
             probs = torch.softmax(logits[:, t - 1] / temperature, dim=-1)  # (B, V)
@@ -341,7 +341,7 @@ def test_invalid_choice_lists_the_allowed_values() -> None:
 def test_a_few_optimisation_steps_stay_finite(kwargs: dict) -> None:
     config = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
     model = make_model(config=config)
-    obj = ScheduledSampling(ScheduledSamplingSettings(**kwargs), config, SPECIAL)
+    obj = ScheduledSampling(ScheduledSamplingSettings(**kwargs), config.info, SPECIAL)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     batch = make_batch(batch_size=4, length=12)
     steps = 6

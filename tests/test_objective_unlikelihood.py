@@ -7,12 +7,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
-from beyondmle.decoding import DecodingConfig, generate
-from beyondmle.model import GPT, ModelConfig
-from objectives.base import SpecialTokens, TrainingState, token_nll
-from objectives.unlikelihood import (
+from beyondmle.objectives.unlikelihood import (
     SEQUENCE_MIN_ONE_MINUS_P,
     Unlikelihood,
     UnlikelihoodSettings,
@@ -21,6 +16,11 @@ from objectives.unlikelihood import (
     seq_rep,
     token_candidates,
 )
+from torch import nn
+
+from beyondmle.api import SpecialTokens, TrainingState, token_nll
+from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.model import GPT, ModelConfig
 
 VOCAB = 50
 CONFIG = ModelConfig(vocab_size=VOCAB, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
@@ -29,7 +29,7 @@ START = TrainingState(step=0, progress=0.0)
 
 
 def make(**settings) -> Unlikelihood:
-    return Unlikelihood(UnlikelihoodSettings(**settings), CONFIG, SPECIAL)
+    return Unlikelihood(UnlikelihoodSettings(**settings), CONFIG.info, SPECIAL)
 
 
 def tiny_model(seed: int = 0) -> GPT:
@@ -137,14 +137,18 @@ def test_token_unlikelihood_lowers_repeated_candidate_more_than_mle():
 
 
 class FixedLogits(nn.Module):
-    """A stand-in model whose next-token logits are a parameter, whatever the input."""
+    """A stand-in model (the model interface's `hidden_states` and `logits`) whose next-token
+    logits are a parameter, whatever the input."""
 
     def __init__(self, logits: torch.Tensor) -> None:
         super().__init__()
-        self.logits = nn.Parameter(logits)
+        self.fixed = nn.Parameter(logits)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.logits.expand(idx.size(0), -1, -1)
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(idx.size(0), idx.size(1), 1)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fixed.expand(hidden.size(0), -1, -1)
 
 
 def test_token_loss_finite_when_candidate_is_certain():
@@ -155,7 +159,7 @@ def test_token_loss_finite_when_candidate_is_certain():
     loss = make(alpha=1.0).loss(stub, batch, START).loss
     assert torch.isfinite(loss)
     loss.backward()
-    assert torch.isfinite(stub.logits.grad).all()
+    assert torch.isfinite(stub.fixed.grad).all()
 
 
 def test_one_minus_p_floor_keeps_sequence_penalty_finite():

@@ -9,9 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from beyondmle.reports import build_report
 from report_fixture import make_results
-
-from reports import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [

@@ -24,15 +24,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from beyondmle.objectives.mle import MLE, MLESettings
 
+from beyondmle.api import OBJECTIVES, ObjectiveDiverged, register_objective
 from beyondmle.cells import expand, select_shard
 from beyondmle.cli import build_parser
 from beyondmle.results import ResultsDB, merge
 from beyondmle.runner import run_spec
 from beyondmle.spec import parse_spec
-from objectives import ObjectiveDiverged
-from objectives.mle import MLE, MLESettings
-from objectives.registry import _REGISTRY, register_objective
 
 # Test-only objectives. Their behaviour is switched by these module-level flags rather than by
 # their settings, so that switching it off leaves the cells (whose ids hash the settings) alone.
@@ -97,14 +96,12 @@ TEST_OBJECTIVES = {"test_kill_after_steps": KillAfterSteps, "test_faulty": Fault
 def _test_objectives():
     """Register the test objectives for this module only, so that other tests listing every
     objective do not see them."""
-    from objectives.registry import _load_all
-
-    _load_all()
+    OBJECTIVES.load()
     for name, cls in TEST_OBJECTIVES.items():
         register_objective(name)(cls)
     yield
     for name in TEST_OBJECTIVES:
-        _REGISTRY.pop(name, None)
+        OBJECTIVES.remove(name)
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +152,7 @@ seeds = {seeds}
 [[corpus]]
 name = "text"
 paths = ["{corpus_dir / "corpus.txt"}"]
-vocab_size = 100
+vocab_size = 300
 valid_fraction = 0.1
 test_fraction = 0.1
 cache_dir = "{corpus_dir / "cache"}"

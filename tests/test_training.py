@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from beyondmle.api import available_corpora, available_objectives
 from beyondmle.cli import main
-from beyondmle.corpora import available_corpora
 from beyondmle.decoding import DecodingConfig, generate
 from beyondmle.runner import run_spec
 from beyondmle.spec import parse_spec
 from beyondmle.training import load_model
-from objectives import available_objectives
 
 SPEC = """
 [benchmark]

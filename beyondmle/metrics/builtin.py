@@ -1,5 +1,6 @@
-"""The built-in metrics, registered for the evaluation pass. Each adapts a plain function of
-this package (the public API) to `EvalInputs`; the definitions and citations live with the
+"""The built-in metrics, registered for the evaluation pass through the same entry points as
+any plugin's. Each adapts a plain function of this package (the public API) to `EvalInputs`
+and declares what each of its values means; the definitions and citations live with the
 functions."""
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ import random
 
 import torch
 
+from beyondmle.api.metric import EvalInputs, MetricValue, Output, register_metric
 from beyondmle.metrics.distributional import fed, mauve
 from beyondmle.metrics.diversity import distinct_n, ngram_entropy, self_bleu, zipf_coefficient
 from beyondmle.metrics.likelihood import continuation_scores, perplexity
-from beyondmle.metrics.registry import EvalInputs, MetricValue, register_metric
 from beyondmle.metrics.repetition import next_token_repetition, seq_rep_n
 
 # Teacher-forced passes materialise (batch, T, V) logits; small batches keep them in cache,
@@ -27,8 +28,17 @@ SAMPLE_SETTINGS = ("tokenizer", "num_samples", "continuation_tokens")
     needs={"model", "heldout"},
     per_decoding=False,
     settings=("tokenizer", "block_size", "eval_stride"),
+    outputs=[
+        Output(f"{kind}_{split}", f"{words}{split} {what}", higher_is_better=False)
+        for kind, words, what in (
+            ("ppl", "", "perplexity"),
+            ("ppl_word", "word-level ", "perplexity"),
+            ("bpb", "", "bits per byte"),
+        )
+        for split in ("test", "valid")
+    ],
 )
-def _perplexity(inputs: EvalInputs) -> list[MetricValue]:
+def perplexity_metric(inputs: EvalInputs) -> list[MetricValue]:
     out = []
     corpus = inputs.heldout
     for split in ("valid", "test"):
@@ -55,8 +65,14 @@ def _perplexity(inputs: EvalInputs) -> list[MetricValue]:
     needs={"model", "references"},
     per_decoding=False,
     settings=("tokenizer", "prompt_tokens", "continuation_tokens", "num_samples", "rep_window"),
+    outputs=[
+        Output("nll_continuation", "continuation NLL", higher_is_better=False),
+        Output("rep", "rep", higher_is_better=False),
+        Output("wrep", "wrep", higher_is_better=False),
+        Output("uniq", "uniq", higher_is_better=True, format=",.0f"),
+    ],
 )
-def _continuation(inputs: EvalInputs) -> list[MetricValue]:
+def continuation_metric(inputs: EvalInputs) -> list[MetricValue]:
     """NLL of the human continuations given their prompts, and rep / wrep / uniq of the
     teacher-forced next-token predictions, the window being the model's context."""
     prompts = torch.tensor(inputs.prompts)
@@ -77,8 +93,9 @@ def _continuation(inputs: EvalInputs) -> list[MetricValue]:
     needs={"samples"},
     per_decoding=True,
     settings=SAMPLE_SETTINGS,
+    outputs=[Output(f"distinct_{n}", f"distinct-{n}", higher_is_better=True) for n in range(1, 5)],
 )
-def _distinct(inputs: EvalInputs) -> list[MetricValue]:
+def distinct_metric(inputs: EvalInputs) -> list[MetricValue]:
     return [MetricValue(f"distinct_{n}", distinct_n(inputs.samples, n)) for n in range(1, 5)]
 
 
@@ -88,8 +105,9 @@ def _distinct(inputs: EvalInputs) -> list[MetricValue]:
     needs={"samples"},
     per_decoding=True,
     settings=("tokenizer", "self_bleu_samples", "sample_seed", "continuation_tokens"),
+    outputs=[Output("self_bleu_4", "Self-BLEU-4", higher_is_better=False)],
 )
-def _self_bleu(inputs: EvalInputs) -> list[MetricValue]:
+def self_bleu_metric(inputs: EvalInputs) -> list[MetricValue]:
     """Self-BLEU-4 on a fixed-size subset drawn with a fixed seed, so values compare across
     cells whatever the number of generations."""
     samples = inputs.samples
@@ -108,8 +126,9 @@ def _self_bleu(inputs: EvalInputs) -> list[MetricValue]:
     needs={"samples"},
     per_decoding=True,
     settings=SAMPLE_SETTINGS,
+    outputs=[Output("seq_rep_4", "seq-rep-4", higher_is_better=False)],
 )
-def _seq_rep(inputs: EvalInputs) -> list[MetricValue]:
+def seq_rep_metric(inputs: EvalInputs) -> list[MetricValue]:
     return [MetricValue("seq_rep_4", seq_rep_n(inputs.samples, 4))]
 
 
@@ -119,8 +138,9 @@ def _seq_rep(inputs: EvalInputs) -> list[MetricValue]:
     needs={"samples"},
     per_decoding=True,
     settings=SAMPLE_SETTINGS,
+    outputs=[Output("entropy_4", "entropy-4", higher_is_better=True)],
 )
-def _entropy(inputs: EvalInputs) -> list[MetricValue]:
+def entropy_metric(inputs: EvalInputs) -> list[MetricValue]:
     return [MetricValue("entropy_4", ngram_entropy(inputs.samples, 4))]
 
 
@@ -130,8 +150,9 @@ def _entropy(inputs: EvalInputs) -> list[MetricValue]:
     needs={"samples"},
     per_decoding=True,
     settings=SAMPLE_SETTINGS,
+    outputs=[Output("zipf", "Zipf coefficient", higher_is_better=None)],
 )
-def _zipf(inputs: EvalInputs) -> list[MetricValue]:
+def zipf_metric(inputs: EvalInputs) -> list[MetricValue]:
     """Undefined (stored as NULL with a warning) when the samples hold one distinct token, as
     degenerate greedy continuations can."""
     if len({token for sample in inputs.samples for token in sample}) < 2:
@@ -152,8 +173,12 @@ def _zipf(inputs: EvalInputs) -> list[MetricValue]:
         "mauve_seeds",
         "mauve_scaling",
     ),
+    outputs=[
+        Output("mauve", "MAUVE", higher_is_better=True),
+        Output("mauve_std", "MAUVE std", higher_is_better=None),
+    ],
 )
-def _mauve(inputs: EvalInputs) -> list[MetricValue]:
+def mauve_metric(inputs: EvalInputs) -> list[MetricValue]:
     result = mauve(
         inputs.p_features,
         inputs.q_features,
@@ -173,6 +198,7 @@ def _mauve(inputs: EvalInputs) -> list[MetricValue]:
     needs={"features"},
     per_decoding=True,
     settings=("tokenizer", "featurizer", "num_samples", "continuation_tokens"),
+    outputs=[Output("fed", "FED", higher_is_better=False)],
 )
-def _fed(inputs: EvalInputs) -> list[MetricValue]:
+def fed_metric(inputs: EvalInputs) -> list[MetricValue]:
     return [MetricValue("fed", fed(inputs.p_features, inputs.q_features))]

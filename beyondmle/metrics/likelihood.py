@@ -25,8 +25,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from beyondmle.model import GPT
-
 
 @dataclass(frozen=True)
 class Likelihood:
@@ -72,7 +70,8 @@ def perplexity(
     num_bytes: int | None = None,
     batch_size: int = 32,
 ) -> Likelihood:
-    """Score a held-out token stream with `model` (idx (B, T) -> logits (B, T, V)).
+    """Score a held-out token stream with `model`: a model with the model interface
+    (`beyondmle.api.CausalLM`), or any module mapping ids (B, T) to logits (B, T, V).
 
     `stride` defaults to block_size // 2, so every token but those of the first window sees at
     least half a window of context.
@@ -110,12 +109,12 @@ def _summed_nll(
 ) -> float:
     """Summed NLL of the `count` targets (B, T) that are not -100.
 
-    The shared GPT fuses its output projection with the cross-entropy and skips ignored
-    positions, so the half of each window that only gives context (default stride) costs no
-    logits; the values are those of the logits path (a test pins them).
+    A model with the interface fuses its output projection with the cross-entropy and skips
+    ignored positions, so the half of each window that only gives context (default stride)
+    costs no logits; the values are those of the logits path (a test pins them).
     """
-    if isinstance(model, GPT):
-        return model.nll(inputs, targets).item() * count
+    if hasattr(model, "next_token_loss"):
+        return model.next_token_loss(model.hidden_states(inputs), targets).item() * count
     logits = model(inputs).float()
     return F.cross_entropy(
         logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"

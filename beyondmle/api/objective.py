@@ -1,25 +1,28 @@
 """The `Objective` contract: what a training objective must say and do.
 
 An objective is the only thing that differs between the benchmark's cells: every objective
-trains the same `beyondmle.model.GPT` and is scored the same way. An objective declares
+trains the same shared model and is scored the same way. An objective declares
 
-- its settings, a dataclass (`Settings`) whose fields the spec's `[[objective]]` table fills;
-  the spec is checked against it before anything trains;
+- its settings, a dataclass (`Settings`, a subclass of `ObjectiveSettings`) whose fields the
+  spec's `[[objective]]` table fills; ranges are declared on the fields with `setting(...)`,
+  so the spec is checked against them before anything trains;
 - the loss for a batch (`loss`), or, with `manual_optimization = True`, a whole training step
   (`manual_step`) for objectives that juggle several optimizers (a GAN's discriminator, an RL
   reward model), as Lightning's manual optimization intends;
 - the extra modules it owns (assigned as attributes: it is an `nn.Module`, so they are saved in
   the checkpoint) and their optimizers (`configure_optimizers`);
-- whether it starts from an MLE-trained model (`warm_start`): the trainer then runs plain MLE
-  for the first `warm_start_fraction` of the token budget (or loads `warm_start_checkpoint`),
-  so every objective still consumes the same number of training tokens.
+- whether it starts from an MLE-trained model (`warm_start`): the trainer then runs the `mle`
+  objective for the first `warm_start_fraction` of the token budget (or loads
+  `warm_start_checkpoint`), so every objective still consumes the same number of tokens.
 
 Objectives receive batches of token blocks (B, T + 1): inputs are `batch[:, :-1]`, next-token
-targets `batch[:, 1:]`. They never import the runner.
+targets `batch[:, 1:]`. They reach the model only through the model interface
+(`beyondmle.api.CausalLM`), so they train any model that implements it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -28,7 +31,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beyondmle.model import GPT, ModelConfig
+from beyondmle.api.lm import CausalLM, ModelInfo
+from beyondmle.api.registry import Registry
+from beyondmle.settings import Settings, setting
+from beyondmle.tokenization import SpecialTokens
+
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "ObjectiveDiverged",
+    "ObjectiveOutput",
+    "ObjectiveSettings",
+    "Optimizers",
+    "SpecialTokens",
+    "TrainingState",
+    "available_objectives",
+    "get_objective",
+    "register_objective",
+    "token_nll",
+]
 
 
 class ObjectiveDiverged(RuntimeError):
@@ -38,27 +59,11 @@ class ObjectiveDiverged(RuntimeError):
 
 
 @dataclass(frozen=True)
-class SpecialTokens:
-    """Ids of the special tokens every tokenizer reserves, for objectives that need them."""
-
-    eos: int
-    mask: int
-    sep: int
-    pad: int
-
-
-@dataclass(frozen=True)
-class ObjectiveSettings:
+class ObjectiveSettings(Settings):
     """Settings every objective has; subclasses add their own fields with defaults."""
 
-    warm_start_fraction: float = 0.0
+    warm_start_fraction: float = setting(0.0, ge=0.0, lt=1.0)
     warm_start_checkpoint: str | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.warm_start_fraction < 1.0:
-            raise ValueError(
-                f"warm_start_fraction must be in [0, 1), got {self.warm_start_fraction}"
-            )
 
 
 @dataclass(frozen=True)
@@ -101,19 +106,19 @@ class Objective(nn.Module):
     warm_start: ClassVar[bool] = False
 
     def __init__(
-        self, settings: ObjectiveSettings, model_config: ModelConfig, special: SpecialTokens
+        self, settings: ObjectiveSettings, model: ModelInfo, special: SpecialTokens
     ) -> None:
         super().__init__()
         self.settings = settings
-        self.model_config = model_config
+        self.model_info = model
         self.special = special
 
-    def loss(self, model: GPT, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
+    def loss(self, model: CausalLM, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
         """The training loss of one batch (B, T + 1), for automatic optimization."""
         raise NotImplementedError(f"objective {self.name!r} must implement loss()")
 
     def manual_step(
-        self, model: GPT, batch: torch.Tensor, state: TrainingState, optimizers: Optimizers
+        self, model: CausalLM, batch: torch.Tensor, state: TrainingState, optimizers: Optimizers
     ) -> dict[str, float | torch.Tensor]:
         """One whole training step under manual optimization; returns the scalars to log."""
         raise NotImplementedError(f"objective {self.name!r} must implement manual_step()")
@@ -130,7 +135,8 @@ def token_nll(
 ) -> torch.Tensor:
     """Mean next-token negative log-likelihood of targets (B, T) under logits (B, T, V).
 
-    Targets equal to -100 are ignored, as in `F.cross_entropy`.
+    Targets equal to -100 are ignored, as in `F.cross_entropy`. Objectives that need no
+    logits for other reasons use `model.next_token_loss` instead, which forms none.
     """
     return F.cross_entropy(
         logits.flatten(0, 1).float(),
@@ -138,3 +144,34 @@ def token_nll(
         ignore_index=-100,
         label_smoothing=label_smoothing,
     )
+
+
+def _check_objective(name: str, cls: object) -> type[Objective]:
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        raise TypeError(f"objective {name!r}: {cls!r} is not a subclass of Objective")
+    settings = cls.Settings
+    if not (dataclasses.is_dataclass(settings) and issubclass(settings, ObjectiveSettings)):
+        raise TypeError(f"objective {name!r}: Settings must be a dataclass of ObjectiveSettings")
+    method = "manual_step" if cls.manual_optimization else "loss"
+    if getattr(cls, method) is getattr(Objective, method):
+        raise TypeError(f"objective {name!r} must implement {method}()")
+    cls.name = name
+    return cls
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry(
+    "objective", "beyondmle.objectives", _check_objective
+)
+
+
+def register_objective(name: str) -> Callable:
+    """Class decorator: register an `Objective` subclass under `name`."""
+    return OBJECTIVES.register(name)
+
+
+def get_objective(name: str) -> type[Objective]:
+    return OBJECTIVES.get(name)
+
+
+def available_objectives() -> dict[str, type[Objective]]:
+    return OBJECTIVES.items()

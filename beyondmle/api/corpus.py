@@ -1,0 +1,134 @@
+"""The corpus contract: where text comes from, split into train / valid / test documents and
+tokenized.
+
+A corpus plugin is a `CorpusSource` subclass with a `Settings` dataclass (the spec's
+`[[corpus]]` keys besides `name`, validated like an objective's) and a `load()` that returns a
+`Corpus`. Every check on the input happens in `Settings` or in `load`, before any training
+starts; bad input raises `CorpusError` naming the file or setting and what was expected.
+
+    @register_corpus("my_corpus")
+    class MyCorpus(CorpusSource):
+        Settings = MySettings
+
+        def load(self) -> Corpus:
+            ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from beyondmle.api.registry import Registry
+from beyondmle.settings import Settings, SettingsError
+from beyondmle.tokenization import Tokenizer
+
+SPLITS = ("train", "valid", "test")
+
+__all__ = [
+    "CORPORA",
+    "SPLITS",
+    "Corpus",
+    "CorpusError",
+    "CorpusSettings",
+    "CorpusSource",
+    "available_corpora",
+    "get_corpus",
+    "load_corpus",
+    "register_corpus",
+]
+
+
+class CorpusError(ValueError):
+    """Bad corpus input: names the file or setting and what was expected."""
+
+
+@dataclass
+class Corpus:
+    """Documents per split plus the tokenizer. A document is one line of PTB, or one
+    paragraph / line of a user's file; documents are joined with `<eos>` into token streams."""
+
+    name: str
+    tokenizer: Tokenizer
+    documents: dict[str, list[str]]
+    word_level: bool
+    _streams: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    def stream(self, split: str) -> list[int]:
+        """All documents of a split, each followed by `<eos>`, as one token list."""
+        if split not in self._streams:
+            eos = self.tokenizer.eos_id
+            tokens: list[int] = []
+            for doc in self.documents[split]:
+                tokens.extend(self.tokenizer.encode(doc))
+                tokens.append(eos)
+            self._streams[split] = tokens
+        return self._streams[split]
+
+    def num_bytes(self, split: str) -> int:
+        """UTF-8 bytes of the split as the model sees it: documents plus one newline each."""
+        return sum(len(doc.encode("utf-8")) + 1 for doc in self.documents[split])
+
+    def num_words(self, split: str) -> int:
+        """Whitespace-separated words plus one `<eos>` per document (Mikolov's PTB convention)."""
+        return sum(len(doc.split()) + 1 for doc in self.documents[split])
+
+
+@dataclass(frozen=True)
+class CorpusSettings(Settings):
+    """Settings every corpus has (none yet); subclasses add their own fields with defaults."""
+
+
+class CorpusSource:
+    """Base class of corpus plugins; see the module docstring."""
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[type[CorpusSettings]] = CorpusSettings
+
+    def __init__(self, settings: CorpusSettings) -> None:
+        self.settings = settings
+
+    def load(self) -> Corpus:
+        raise NotImplementedError(f"corpus {self.name!r} must implement load()")
+
+
+def _check_corpus(name: str, cls: object) -> type[CorpusSource]:
+    if not (isinstance(cls, type) and issubclass(cls, CorpusSource)):
+        raise TypeError(f"corpus {name!r}: {cls!r} is not a subclass of CorpusSource")
+    if not (dataclasses.is_dataclass(cls.Settings) and issubclass(cls.Settings, CorpusSettings)):
+        raise TypeError(f"corpus {name!r}: Settings must be a dataclass of CorpusSettings")
+    if cls.load is CorpusSource.load:
+        raise TypeError(f"corpus {name!r} must implement load()")
+    cls.name = name
+    return cls
+
+
+CORPORA: Registry[type[CorpusSource]] = Registry("corpus", "beyondmle.corpora", _check_corpus)
+
+
+def register_corpus(name: str) -> Callable:
+    """Class decorator: register a `CorpusSource` subclass under `name`."""
+    return CORPORA.register(name)
+
+
+def get_corpus(name: str) -> type[CorpusSource]:
+    return CORPORA.get(name)
+
+
+def available_corpora() -> list[str]:
+    return CORPORA.names()
+
+
+def load_corpus(name: str, **settings: object) -> Corpus:
+    """Load a registered corpus with its settings (as a spec's `[[corpus]]` table gives
+    them); invalid settings raise `SettingsError`, bad input `CorpusError`."""
+    if name not in CORPORA:
+        raise CorpusError(f"unknown corpus {name!r}; known: {', '.join(CORPORA.names())}")
+    cls = get_corpus(name)
+    try:
+        parsed = cls.Settings(**settings)
+    except SettingsError as e:
+        raise CorpusError(f"corpus {name!r}: {e}") from None
+    return cls(parsed).load()
