@@ -135,6 +135,11 @@ class Registry(Generic[T]):
                 raise DuplicatePluginError(
                     f"the name is already taken by {_describe(before[ep.name])}"
                 )
+            elif other := [n for n, o in self._origins.items() if _same(o, obj) and n != ep.name]:
+                raise LookupError(
+                    f"{_describe(obj)} registers itself as {other[0]!r}, not as the entry "
+                    f"point's name {ep.name!r}; make the two names the same"
+                )
             elif ep.name not in self._items or not _same(self._origins[ep.name], obj):
                 self.add(ep.name, obj)
         except Exception as e:  # one broken plugin must not break the others
