@@ -26,7 +26,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = parse_spec(args.spec)
     out = Path(args.out or Path("runs") / spec.name)
-    summary = run_spec(spec, out, shard=args.shard, retry_failed=args.retry_failed)
+    summary = run_spec(
+        spec, out, shard=args.shard, retry_failed=args.retry_failed, verbosity=_verbosity(args)
+    )
     print(
         f"{len(summary.done)} cells done, {len(summary.failed)} failed, "
         f"{len(summary.skipped)} skipped; results in {out / 'results.sqlite'}"
@@ -36,6 +38,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _build_report([out], out)
     return 1 if summary.failed else 0
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    from beyondmle.console import NORMAL, QUIET, VERBOSE
+
+    return QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
 
 
 def _build_report(dirs: list[Path], into: Path) -> None:
@@ -194,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     p.add_argument("--no-report", action="store_true", help="do not build the report")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="print cell events only")
+    loud.add_argument(
+        "-v", "--verbose", action="store_true", help="print everything the frameworks print"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("list", help="list registered objectives, corpora and metrics")

@@ -18,6 +18,9 @@ Tables:
 - `fingerprints`: what a fingerprint stands for (metric, version, settings JSON).
 - `artifacts`: files of a cell, by kind (`checkpoint`, `samples`, `train_log`), with paths
   relative to the results directory.
+- `cell_provenance`: facts about how a cell ran (key, value): the precision it trained in and
+  why, the CPU.
+- `run_warnings`: every distinct warning a run printed or silenced, with how often it came.
 - `metric_info`: what each stored metric means, as its metric declared it: display name,
   direction (1 higher is better, 0 lower, NULL none), per decoding or per model, number
   format. The report reads metrics' meanings from here, never from code.
@@ -26,6 +29,7 @@ Tables:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import sqlite3
@@ -97,6 +101,19 @@ CREATE TABLE IF NOT EXISTS metric_info (
     per_decoding INTEGER NOT NULL,
     format TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cell_provenance (
+    cell_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (cell_id, key)
+);
+CREATE TABLE IF NOT EXISTS run_warnings (
+    run_id TEXT NOT NULL,
+    category TEXT NOT NULL,
+    message TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (run_id, category, message)
+);
 CREATE TABLE IF NOT EXISTS artifacts (
     cell_id TEXT NOT NULL,
     decoding TEXT NOT NULL,
@@ -106,8 +123,49 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 """
 
-# A running cell whose heartbeat is older than this is taken to belong to a dead runner.
+# A running cell whose heartbeat is older than this is taken to belong to a dead runner. On the
+# runner's own host a claim is checked directly: a claim whose process is gone is stale at once.
 STALE_SECONDS = 600.0
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return "noboot"
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None
+    if no such process runs. With the boot id, (pid, start) names a process even after its
+    pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def this_host() -> str:
+    return f"{socket.gethostname()}/{_boot_id()}"
+
+
+def worker_id(run_id: str) -> str:
+    """host/boot|pid|process start|run: a claim that can be checked for life on its host."""
+    pid = os.getpid()
+    return f"{this_host()}|{pid}|{process_start(pid) or '?'}|{run_id}"
+
+
+def claim_is_dead(worker: str | None) -> bool:
+    """Whether a claim belongs to a process known to be gone: on this host (same boot), its
+    pid runs no more or runs another process. Claims from other hosts are never judged here;
+    their heartbeat decides."""
+    if not worker or worker.count("|") != 3:
+        return False
+    host, pid, start, _ = worker.split("|")
+    if host != this_host() or start == "?" or not Path("/proc/self/stat").exists():
+        return False
+    return process_start(int(pid)) != start
 
 
 class ResultsDB:
@@ -176,6 +234,23 @@ class ResultsDB:
                     (r.metric, r.group, r.display, higher, int(r.per_decoding), r.format),
                 )
 
+    def record_provenance(self, cell_id: str, facts: dict[str, str]) -> None:
+        with self.transaction() as c:
+            for key, value in facts.items():
+                c.execute(
+                    "INSERT OR REPLACE INTO cell_provenance VALUES (?, ?, ?)",
+                    (cell_id, key, str(value)),
+                )
+
+    def record_warnings(self, run_id: str, warnings: list[tuple[str, str, int]]) -> None:
+        """The distinct warnings of a run with their counts (replacing earlier counts)."""
+        with self.transaction() as c:
+            for category, message, count in warnings:
+                c.execute(
+                    "INSERT OR REPLACE INTO run_warnings VALUES (?, ?, ?, ?)",
+                    (run_id, category, message, count),
+                )
+
     # cells
     def register_cell(
         self, cell_id: str, config: dict, corpus: str, objective: str, seed: int
@@ -199,6 +274,7 @@ class ResultsDB:
             if row["status"] == "failed" and not retry_failed:
                 return False
             live = row["heartbeat"] is not None and time.time() - row["heartbeat"] < STALE_SECONDS
+            live = live and not claim_is_dead(row["claimed_by"])
             if row["status"] == "running" and row["claimed_by"] != worker and live:
                 return False
             c.execute(
@@ -299,7 +375,7 @@ class ResultsDB:
 
 
 # The tables whose rows belong to one cell, by `cell_id`.
-_CELL_TABLES = ("steps", "metrics", "artifacts")
+_CELL_TABLES = ("steps", "metrics", "artifacts", "cell_provenance")
 
 
 def merge(destination: str | Path, sources: list[str | Path]) -> ResultsDB:
@@ -334,21 +410,23 @@ def merge(destination: str | Path, sources: list[str | Path]) -> ResultsDB:
                 if (source / "cells" / cell_id).is_dir():
                     shutil.copytree(source / "cells" / cell_id, target)
             with db.transaction() as c:
+                present = {
+                    row[0]
+                    for row in c.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")
+                }  # a schema-1 source lacks the tables added since
                 for cell_id in replaced:
                     for table in _CELL_TABLES:
                         c.execute(f"DELETE FROM main.{table} WHERE cell_id = ?", (cell_id,))
                     c.execute("DELETE FROM main.cells WHERE id = ?", (cell_id,))
                 for table in _CELL_TABLES:
+                    if table not in present:
+                        continue
                     c.execute(
                         f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table} "
                         "WHERE cell_id NOT IN (SELECT id FROM main.cells)"
                     )
-                present = {
-                    row[0]
-                    for row in c.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")
-                }
-                for table in ("runs", "cells", "fingerprints", "metric_info"):
-                    if table in present:  # metric_info is new in schema version 2
+                for table in ("runs", "cells", "fingerprints", "metric_info", "run_warnings"):
+                    if table in present:
                         c.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table}")
         finally:
             db.conn.execute("DETACH DATABASE src")

@@ -20,16 +20,19 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TextIO
 
 import lightning as L
 
 from beyondmle.api import Corpus, ObjectiveDiverged, load_corpus
 from beyondmle.cells import Cell, expand, select_shard
+from beyondmle.console import NORMAL, VERBOSE, RunConsole, captured_stderr
 from beyondmle.data import LanguageDataModule, check_corpus_fits
 from beyondmle.evaluation import Evaluator, metric_info, sample_file_name
 from beyondmle.model import ModelConfig
 from beyondmle.paths import atomic_write_text
-from beyondmle.results import ResultsDB
+from beyondmle.precision import choose_precision, describe_cpu
+from beyondmle.results import ResultsDB, worker_id
 from beyondmle.spec import CorpusSpec, Spec
 from beyondmle.training import ObjectiveModule, ProgressLog, build_trainer, load_model
 
@@ -56,28 +59,6 @@ class RunSummary:
     done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
-
-
-class MatrixProgress:
-    """One line per cell across the whole matrix, with an ETA from the cells finished so far,
-    on top of Lightning's own progress bar for the cell in flight."""
-
-    def __init__(self, total: int, stream=sys.stderr) -> None:
-        self.total, self.stream = total, stream
-        self.started = time.monotonic()
-        self.finished = 0
-
-    def cell(self, index: int, cell: Cell, status: str) -> None:
-        elapsed = time.monotonic() - self.started
-        eta = ""
-        if self.finished:
-            remaining = (self.total - index) * elapsed / self.finished
-            eta = f", ETA {remaining / 60:.1f} min"
-        print(
-            f"[{index}/{self.total}] {cell.describe()} ({cell.id}): {status}{eta}",
-            file=self.stream,
-            flush=True,
-        )
 
 
 def package_versions() -> dict[str, str]:
@@ -124,49 +105,86 @@ def run_spec(
     out_dir: str | Path,
     shard: tuple[int, int] = (0, 1),
     retry_failed: bool = False,
-    progress_bar: bool = True,
+    verbosity: int = NORMAL,
+    stream: TextIO | None = None,
 ) -> RunSummary:
     out_dir = Path(out_dir)
-    corpora = load_corpora(spec)
-    db = ResultsDB(out_dir)
-    run_id = uuid.uuid4().hex[:12]
-    worker = f"{os.uname().nodename}:{os.getpid()}:{run_id}"
-    db.start_run(run_id, spec.path, spec.text, git_commit(), package_versions())
-    db.record_metric_info(metric_info(spec.evaluation.metrics))
     cells = select_shard(expand(spec), shard)
-    for cell in cells:
-        db.register_cell(cell.id, cell.config, cell.corpus.name, cell.objective.label, cell.seed)
-    summary = RunSummary(out_dir)
-    progress = MatrixProgress(len(cells))
-    for index, cell in enumerate(cells, start=1):
-        if not db.claim(cell.id, worker, retry_failed):
-            summary.skipped.append(cell.id)
-            progress.cell(index, cell, f"skipped ({db.cell_status(cell.id)})")
-            continue
-        progress.cell(index, cell, "running")
-        try:
-            train_seconds = run_cell(
-                cell, spec, corpora[_corpus_key(cell.corpus)], db, worker, out_dir, progress_bar
+    console = RunConsole(len(cells), verbosity, stream or sys.stderr)
+    with console.capture():
+        corpora = load_corpora(spec)
+        db = ResultsDB(out_dir)
+        run_id = uuid.uuid4().hex[:12]
+        worker = worker_id(run_id)
+        db.start_run(run_id, spec.path, spec.text, git_commit(), package_versions())
+        db.record_metric_info(metric_info(spec.evaluation.metrics))
+        for cell in cells:
+            db.register_cell(
+                cell.id, cell.config, cell.corpus.name, cell.objective.label, cell.seed
             )
-        except (KeyboardInterrupt, SystemExit, CellInterrupted):
-            # Lightning turns a Ctrl-C inside `trainer.fit` into `sys.exit(1)`: give the cell
-            # back either way, or a re-run would skip it until its claim went stale.
-            db.release(cell.id)
-            raise
-        except Exception as e:  # one cell's crash must not lose the others' results
-            reason = _failure_reason(e)
-            db.fail_cell(cell.id, run_id, reason)
-            summary.failed[cell.id] = reason
-            progress.finished += 1
-            progress.cell(index, cell, f"FAILED: {reason.splitlines()[-1]}")
-            continue
-        db.finish_cell(cell.id, run_id, train_seconds)
-        summary.done.append(cell.id)
-        progress.finished += 1
-        progress.cell(index, cell, "done")
-    db.finish_run(run_id)
-    db.close()
+        summary = RunSummary(out_dir)
+        try:
+            for index, cell in enumerate(cells, start=1):
+                _run_one(
+                    index,
+                    cell,
+                    spec,
+                    corpora,
+                    db,
+                    run_id,
+                    worker,
+                    out_dir,
+                    console,
+                    summary,
+                    retry_failed,
+                )
+        finally:
+            db.record_warnings(run_id, console.summary())
+        db.finish_run(run_id)
+        db.close()
     return summary
+
+
+def _run_one(
+    index: int,
+    cell: Cell,
+    spec: Spec,
+    corpora: dict[str, Corpus],
+    db: ResultsDB,
+    run_id: str,
+    worker: str,
+    out_dir: Path,
+    console: RunConsole,
+    summary: RunSummary,
+    retry_failed: bool,
+) -> None:
+    """Claim, train, evaluate and record one cell; a crash is recorded, never raised."""
+    label = f"{cell.describe()} ({cell.id})"
+    if not db.claim(cell.id, worker, retry_failed):
+        summary.skipped.append(cell.id)
+        console.cell(index, label, f"skipped ({db.cell_status(cell.id)})")
+        return
+    console.cell(index, label, "running")
+    try:
+        train_seconds = run_cell(
+            cell, spec, corpora[_corpus_key(cell.corpus)], db, worker, out_dir, console, index
+        )
+    except (KeyboardInterrupt, SystemExit, CellInterrupted):
+        # Lightning turns a Ctrl-C inside `trainer.fit` into `sys.exit(1)`: give the cell
+        # back either way, or a re-run would skip it until its claim went stale.
+        db.release(cell.id)
+        raise
+    except Exception as e:  # one cell's crash must not lose the others' results
+        reason = _failure_reason(e)
+        db.fail_cell(cell.id, run_id, reason)
+        summary.failed[cell.id] = reason
+        console.cell_finished()
+        console.cell(index, label, f"FAILED: {reason.splitlines()[-1]}")
+        return
+    db.finish_cell(cell.id, run_id, train_seconds)
+    summary.done.append(cell.id)
+    console.cell_finished()
+    console.cell(index, label, "done")
 
 
 def _failure_reason(e: Exception) -> str:
@@ -182,7 +200,8 @@ def run_cell(
     db: ResultsDB,
     worker: str,
     out_dir: Path,
-    progress_bar: bool = True,
+    console: RunConsole | None = None,
+    index: int = 1,
 ) -> float | None:
     """Train (or resume) and evaluate one cell; returns the training time of this call."""
     cell_dir = out_dir / "cells" / cell.id
@@ -196,7 +215,24 @@ def run_cell(
     train_seconds = None
     if not db.step_done(cell.id, "train"):
         start = time.monotonic()
-        train(cell, corpus, cell_dir, lambda: db.heartbeat(cell.id, worker), progress_bar)
+        choice = choose_precision(cell.training.precision, cell.training.accelerator)
+        db.record_provenance(
+            cell.id,
+            {
+                "precision": choice.precision,
+                "precision_reason": choice.reason,
+                "cpu": describe_cpu(),
+            },
+        )
+        train(
+            cell,
+            corpus,
+            cell_dir,
+            lambda: db.heartbeat(cell.id, worker),
+            console,
+            index,
+            choice.precision,
+        )
         train_seconds = time.monotonic() - start
         db.record_step(
             cell.id,
@@ -221,13 +257,22 @@ def run_cell(
         samples = evaluator.generate(decoding, cell.seed)
         relative = f"cells/{cell.id}/samples/{sample_file_name(decoding.label)}"
         evaluator.write_samples(out_dir / relative, samples)
-        rows, fingerprints = evaluator.sample_metrics(decoding, samples)
+        with captured_stderr(console):  # faiss's k-means prints its warnings on stderr
+            rows, fingerprints = evaluator.sample_metrics(decoding, samples)
         db.record_step(cell.id, step, rows, fingerprints, {(decoding.label, "samples"): relative})
         db.heartbeat(cell.id, worker)
     return train_seconds
 
 
-def train(cell: Cell, corpus: Corpus, cell_dir: Path, heartbeat, progress_bar: bool) -> None:
+def train(
+    cell: Cell,
+    corpus: Corpus,
+    cell_dir: Path,
+    heartbeat,
+    console: RunConsole | None = None,
+    index: int = 1,
+    precision: str | None = None,
+) -> None:
     """Train a cell's model to its token budget and write `model.ckpt` atomically."""
     L.seed_everything(cell.seed, workers=True, verbose=False)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)
@@ -242,24 +287,33 @@ def train(cell: Cell, corpus: Corpus, cell_dir: Path, heartbeat, progress_bar: b
     )
     data = LanguageDataModule(corpus, model_config.block_size, cell.training.batch_size)
     last_beat = [time.monotonic()]
+    tokens_per_step = cell.training.tokens_per_step(model_config.block_size)
+    started: list[tuple[float, int]] = []
 
     def beat(done: int, total: int) -> None:
         if time.monotonic() - last_beat[0] > 30:
             heartbeat()
             last_beat[0] = time.monotonic()
+        if console is not None:
+            if not started:
+                started.append((time.monotonic(), done))
+            t0, d0 = started[0]
+            rate = (done - d0) * tokens_per_step / max(time.monotonic() - t0, 1e-9)
+            console.progress(index, "training step", done, total, f"{rate:,.0f} tokens/s")
 
     trainer = build_trainer(
         cell.training,
         cell_dir,
         module.objective.manual_optimization,
         [ProgressLog(beat)],
-        enable_progress_bar=progress_bar,
+        enable_progress_bar=console is not None and console.verbosity >= VERBOSE,
+        precision=precision,
     )
     last = cell_dir / "checkpoints" / "last.ckpt"
     log = cell_dir / "logs" / "metrics.csv"
     earlier = _set_aside(log) if last.exists() else None
     try:
-        trainer.fit(module, data, ckpt_path=last if last.exists() else None)
+        trainer.fit(module, data, ckpt_path=last if last.exists() else None, weights_only=True)
     finally:
         if earlier is not None:
             _stitch_log(earlier, log)
@@ -268,7 +322,8 @@ def train(cell: Cell, corpus: Corpus, cell_dir: Path, heartbeat, progress_bar: b
             f"training of cell {cell.id} stopped at step {int(module.steps_done)} of "
             f"{module.total_steps}; run the same command again to resume"
         )
-    trainer.save_checkpoint(cell_dir / "model.ckpt")  # atomic: see AtomicCheckpointIO
+    # The weights, hyperparameters and tokenizer (no optimizer state); atomic: AtomicCheckpointIO.
+    trainer.save_checkpoint(cell_dir / "model.ckpt", weights_only=True)
 
 
 def _set_aside(log: Path) -> Path | None:

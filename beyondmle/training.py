@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +32,16 @@ from beyondmle.api import (
     setting,
 )
 from beyondmle.model import GPT, ModelConfig
+from beyondmle.precision import choose_precision
 from beyondmle.tokenization import Tokenizer, tokenizer_from_json
 
-PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "bf16-true", "64-true")
+PRECISIONS = ("auto", "bf16-mixed", "16-mixed", "32-true", "bf16-true", "64-true")
 
 
 @dataclass(frozen=True)
 class TrainingConfig(Settings):
-    """The spec's `[training]` table. `precision` is Lightning's (`bf16-mixed`, `32-true`);
+    """The spec's `[training]` table. `precision` is `auto` (the fastest this hardware really
+    has, `beyondmle.precision`) or Lightning's (`bf16-mixed`, `32-true`, ...);
     `accelerator`, `devices` and `strategy` go to the Trainer unchanged, so the same spec runs on
     CPU or GPUs."""
 
@@ -50,7 +54,7 @@ class TrainingConfig(Settings):
     beta1: float = setting(0.9, ge=0.0, le=1.0)
     beta2: float = setting(0.95, ge=0.0, le=1.0)
     grad_clip: float = setting(1.0, ge=0.0)
-    precision: str = setting("bf16-mixed", choices=PRECISIONS)
+    precision: str = setting("auto", choices=PRECISIONS)
     val_every_steps: int = setting(200, ge=1)
     checkpoint_every_steps: int = setting(200, ge=1)
     accelerator: str = "auto"
@@ -219,9 +223,29 @@ class ProgressLog(Callback):
         self.report(int(module.steps_done), module.total_steps)
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds pickled objects beyond tensors and plain containers."""
+
+
+def safe_load(path: str | Path, map_location="cpu") -> dict:
+    """`torch.load` with `weights_only=True`: tensors, numbers, strings and containers only, so
+    a results directory received from someone else cannot run code when it is read."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} was refused: it holds pickled Python objects{what}, which could "
+            "run code when loaded; only tensors and plain values are read. Train the cell again "
+            "(delete its directory), or load the file yourself only if you trust its source."
+        ) from None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary sibling and renamed into place, so a run killed
-    mid-save leaves the previous checkpoint whole and the cell can still resume."""
+    mid-save leaves the previous checkpoint whole and the cell can still resume. They are
+    read with `safe_load`, never as arbitrary pickles."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
@@ -230,6 +254,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return safe_load(path, map_location if map_location is not None else "cpu")
+
 
 def build_trainer(
     config: TrainingConfig,
@@ -237,9 +264,13 @@ def build_trainer(
     manual_optimization: bool,
     callbacks: list[Callback] = (),
     enable_progress_bar: bool = True,
+    precision: str | None = None,
 ) -> L.Trainer:
     """A Trainer that stops on the token budget (the module sets `should_stop`), keeps a
-    resumable `checkpoints/last.ckpt` and writes CSV logs to `logs/`."""
+    resumable `checkpoints/last.ckpt` and writes CSV logs to `logs/`. `precision` is the
+    resolved one (default: `config.precision` resolved by `choose_precision`)."""
+    if precision is None:
+        precision = choose_precision(config.precision, config.accelerator).precision
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
         save_last=True,
@@ -250,7 +281,7 @@ def build_trainer(
         accelerator=config.accelerator,
         devices=config.devices,
         strategy=config.strategy,
-        precision=config.precision,
+        precision=precision,
         max_epochs=-1,
         max_steps=-1,
         gradient_clip_val=None if manual_optimization else (config.grad_clip or None),
@@ -271,7 +302,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[GPT, Tokeni
     """The shared model, its tokenizer and the checkpoint's hyperparameters, from a checkpoint
     written by training. The objective's own modules are not needed to generate, so they are
     dropped."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = safe_load(path, map_location)
     hparams = ckpt["hyper_parameters"]
     model = GPT(ModelConfig(**hparams["model_config"]))
     prefix = "model."

@@ -16,14 +16,14 @@ import pandas as pd
 DB_NAME = "results.sqlite"
 
 _TABLES = ("runs", "cells", "steps", "metrics", "fingerprints", "artifacts")
-METRIC_INFO_COLUMNS = [
-    "metric",
-    "metric_group",
-    "display",
-    "higher_is_better",
-    "per_decoding",
-    "format",
-]
+# Tables added in schema version 2, empty when an older database lacks them.
+OPTIONAL_TABLES = {
+    "metric_info": [
+        "metric", "metric_group", "display", "higher_is_better", "per_decoding", "format"
+    ],
+    "cell_provenance": ["cell_id", "key", "value"],
+    "run_warnings": ["run_id", "category", "message", "count"],
+}  # fmt: skip
 
 
 @dataclass
@@ -38,6 +38,8 @@ class Results:
     fingerprints: pd.DataFrame
     artifacts: pd.DataFrame
     metric_info: pd.DataFrame
+    cell_provenance: pd.DataFrame
+    run_warnings: pd.DataFrame
 
     def artifact_path(self, cell_id: str, kind: str, decoding: str = "") -> Path | None:
         """The file of an artifact, resolved against the results directory; None if the
@@ -60,14 +62,15 @@ def load_results(results_dir: str | Path) -> Results:
         conn.execute("PRAGMA query_only = ON")
         conn.execute("PRAGMA busy_timeout = 60000")
         tables = {t: pd.read_sql_query(f"SELECT * FROM {t}", conn) for t in _TABLES}
-        has_info = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'metric_info'"
-        ).fetchone()
-        tables["metric_info"] = (
-            pd.read_sql_query("SELECT * FROM metric_info ORDER BY rowid", conn)
-            if has_info
-            else pd.DataFrame(columns=METRIC_INFO_COLUMNS)
-        )
+        present = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        for table, columns in OPTIONAL_TABLES.items():
+            tables[table] = (
+                pd.read_sql_query(f"SELECT * FROM {table} ORDER BY rowid", conn)
+                if table in present
+                else pd.DataFrame(columns=columns)
+            )
     tables["metrics"]["value"] = pd.to_numeric(tables["metrics"]["value"], errors="coerce")
     for column in ("decoding", "warning"):
         tables["metrics"][column] = tables["metrics"][column].astype(object)

@@ -24,6 +24,7 @@ from beyondmle.reports.load import sort_decodings
 
 def warnings_section(ctx: Context) -> Section:
     section = Section("Warnings", "warnings")
+    section.blocks += _run_warnings(ctx)
     done = set(ctx.results.cells.loc[ctx.results.cells["status"] == "done", "id"])
     m = ctx.results.metrics
     w = m[m["warning"].notna() & (m["warning"].astype(str) != "") & m["cell_id"].isin(done)]
@@ -55,6 +56,27 @@ def warnings_section(ctx: Context) -> Section:
         )
     )
     return section
+
+
+def _run_warnings(ctx: Context) -> list:
+    """Every distinct warning the runs printed once on the console, with how often it came."""
+    w = ctx.results.run_warnings
+    if w.empty:
+        return [Paragraph("The runs recorded no warnings on the console.")]
+    totals = w.groupby(["category", "message"], sort=False)["count"].sum()
+    totals = totals.sort_values(ascending=False, kind="stable")
+    rows = [
+        [Cell(category), Cell(message), Cell(str(int(count)))]
+        for (category, message), count in totals.items()
+    ]
+    return [
+        Paragraph(
+            "Warnings during the runs (each was printed once on the console; the count is how "
+            "often it came).",
+            note=True,
+        ),
+        Table(["source", "warning", "count"], rows, numeric_from=2),
+    ]
 
 
 def _last_line(text: str) -> str:
@@ -151,6 +173,7 @@ def provenance_section(ctx: Context) -> Section:
             )
         )
     section.blocks.append(_cell_times(ctx))
+    section.blocks += _hardware(ctx)
     section.blocks += _versions(runs)
     section.blocks += _fingerprints(ctx)
     for spec_text, group in runs.groupby("spec_text", sort=False):
@@ -196,6 +219,36 @@ def _cell_times(ctx: Context) -> Table:
         caption="Cell run times (training time as recorded; cell time from claim to finish)",
         numeric_from=2,
     )
+
+
+def _hardware(ctx: Context) -> list:
+    """The precision each cell trained in, why, and on which CPU."""
+    p = ctx.results.cell_provenance
+    if p.empty:
+        return []
+    wide = p.pivot_table(index="cell_id", columns="key", values="value", aggfunc="first")
+    keys = [k for k in ("precision", "precision_reason", "cpu") if k in wide.columns]
+    if not keys:
+        return []
+    cells = ctx.results.cells.set_index("id")
+    wide = wide[keys].join(cells[["objective"]], how="left")
+    rows = []
+    for values, g in wide.groupby(keys, sort=True, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        objectives = sorted(set(g["objective"].dropna()))
+        rows.append(
+            [*(Cell(str(v)) for v in values), Cell(str(len(g))), Cell(", ".join(objectives))]
+        )
+    headers = {"precision": "precision", "precision_reason": "why", "cpu": "CPU"}
+    return [
+        Table(
+            [*(headers[k] for k in keys), "cells", "objectives"],
+            rows,
+            caption='Training precision and hardware (precision = "auto" picks bf16 only where '
+            "the hardware runs it natively)",
+            numeric_from=99,
+        )
+    ]
 
 
 def _versions(runs: pd.DataFrame) -> list:

@@ -266,7 +266,7 @@ def test_resume_after_kill_mid_matrix(tmp_path, corpus_dir):
     KILL_AT["b"] = 7  # checkpoints are written after steps 2, 4 and 6
 
     with pytest.raises((KeyboardInterrupt, SystemExit)):
-        run_spec(spec, out, progress_bar=False)
+        run_spec(spec, out)
 
     conn = _db(out)
     cells = _status(conn)
@@ -300,7 +300,7 @@ def test_resume_after_kill_mid_matrix(tmp_path, corpus_dir):
 
     del KILL_AT["b"]
     SEEN.clear()
-    summary = run_spec(spec, out, progress_bar=False)
+    summary = run_spec(spec, out)
 
     assert summary.skipped == [a]
     assert summary.done == [b, c]
@@ -349,7 +349,7 @@ def test_resume_after_kill_during_evaluation(tmp_path, corpus_dir, monkeypatch):
 
     monkeypatch.setattr(runner.Evaluator, "sample_metrics", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_spec(spec, out, progress_bar=False)
+        run_spec(spec, out)
 
     conn = _db(out)
     suffix = spec.evaluation.fingerprint()
@@ -363,7 +363,7 @@ def test_resume_after_kill_during_evaluation(tmp_path, corpus_dir, monkeypatch):
 
     monkeypatch.setattr(runner.Evaluator, "sample_metrics", original)
     SEEN.clear()
-    summary = run_spec(spec, out, progress_bar=False)
+    summary = run_spec(spec, out)
 
     assert summary.done == [cell.id]
     assert SEEN == [], "the trained model was trained again"
@@ -388,7 +388,7 @@ def test_sigterm_during_training_gives_the_cell_back(tmp_path, corpus_dir):
     SIGTERM_AT[""] = 10
 
     with pytest.raises(SystemExit):
-        run_spec(spec, out, progress_bar=False)
+        run_spec(spec, out)
 
     conn = _db(out)
     row = _status(conn)[cell.id]
@@ -399,7 +399,7 @@ def test_sigterm_during_training_gives_the_cell_back(tmp_path, corpus_dir):
 
     SIGTERM_AT.clear()
     SEEN.clear()
-    summary = run_spec(spec, out, progress_bar=False)
+    summary = run_spec(spec, out)
     assert summary.done == [cell.id]
     assert [step for _, step in SEEN] == list(range(resumed_at, 16))
     assert_artifacts_whole(out)
@@ -422,12 +422,12 @@ def test_resumed_training_keeps_the_log_before_the_kill(tmp_path, corpus_dir):
     KILL_AT[""] = 25
 
     with pytest.raises((KeyboardInterrupt, SystemExit)):
-        run_spec(spec, out, progress_bar=False)
+        run_spec(spec, out)
     before = _train_log_steps(log)
     assert before == [9, 19]
 
     KILL_AT.clear()
-    assert run_spec(spec, out, progress_bar=False).done == [cell.id]
+    assert run_spec(spec, out).done == [cell.id]
     after = _train_log_steps(log)
     assert after[: len(before)] == before
     assert after == sorted(set(after)) and after[-1] == 31
@@ -447,7 +447,7 @@ def test_failing_cells_are_recorded_and_the_matrix_goes_on(tmp_path, corpus_dir)
     ok, boom, diverge, nan = (cell.id for cell in expand(spec))
     out = tmp_path / "out"
 
-    summary = run_spec(spec, out, progress_bar=False)
+    summary = run_spec(spec, out)
 
     assert summary.done == [ok]
     assert set(summary.failed) == {boom, diverge, nan}
@@ -467,14 +467,14 @@ def test_failing_cells_are_recorded_and_the_matrix_goes_on(tmp_path, corpus_dir)
 
     # Failed cells stay failed on a plain re-run ...
     FAULTS_ON["on"] = False
-    summary = run_spec(spec, out, progress_bar=False)
+    summary = run_spec(spec, out)
     assert summary.done == [] and sorted(summary.skipped) == sorted([ok, boom, diverge, nan])
     conn = _db(out)
     assert [r["status"] for r in conn.execute("SELECT status FROM cells")].count("failed") == 3
     conn.close()
 
     # ... and run again with retry_failed (`--retry-failed`).
-    summary = run_spec(spec, out, retry_failed=True, progress_bar=False)
+    summary = run_spec(spec, out, retry_failed=True)
     assert summary.skipped == [ok]
     assert summary.done == [boom, diverge, nan]
     conn = _db(out)
@@ -578,7 +578,7 @@ def test_shards_split_the_cells_disjointly(tmp_path, corpus_dir):
 
     dirs = [tmp_path / "shard0", tmp_path / "shard1"]
     for i, d in enumerate(dirs):
-        summary = run_spec(spec, d, shard=(i, 2), progress_bar=False)
+        summary = run_spec(spec, d, shard=(i, 2))
         assert not summary.failed and not summary.skipped
     seen = []
     for d in dirs:
@@ -599,7 +599,7 @@ def test_shards_split_the_cells_disjointly(tmp_path, corpus_dir):
     conn.close()
     assert_artifacts_whole(merged)
     # Running the whole spec on the merged directory has nothing left to do.
-    summary = run_spec(spec, merged, progress_bar=False)
+    summary = run_spec(spec, merged)
     assert summary.done == [] and sorted(summary.skipped) == sorted(cells)
     db = ResultsDB(merged)
     assert db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -24,7 +24,7 @@ SMOKE = Path(__file__).parent.parent / "benchmarks" / "smoke.toml"
 def smoke_run(tmp_path_factory) -> tuple[Path, list]:
     spec = parse_spec(SMOKE)
     out = tmp_path_factory.mktemp("smoke")
-    summary = run_spec(spec, out, progress_bar=False)
+    summary = run_spec(spec, out)
     assert not summary.failed, summary.failed
     return out, expand(spec)
 

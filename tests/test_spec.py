@@ -459,8 +459,8 @@ def test_every_bad_value_of_one_table_is_reported(tmp_path):
     assert lines == [
         f"{path}: training.budget_tokens: expected an integer >= 1, got 0",
         f"{path}: training.lr: expected a number > 0, got -1.0",
-        f"{path}: training.precision: expected one of 'bf16-mixed', '16-mixed', '32-true', "
-        "'bf16-true', '64-true', got 'fp8'",
+        f"{path}: training.precision: expected one of 'auto', 'bf16-mixed', '16-mixed', "
+        "'32-true', 'bf16-true', '64-true', got 'fp8'",
     ]
 
 

@@ -75,7 +75,7 @@ def run_twice(root: Path, corpus: str, precision: str) -> tuple[Path, Path]:
     spec_path.write_text(SPEC.format(corpus=corpus, precision=precision))
     outs = (root / "first", root / "second")
     for out in outs:
-        summary = run_spec(parse_spec(spec_path), out, progress_bar=False)
+        summary = run_spec(parse_spec(spec_path), out)
         assert summary.failed == {}
         assert len(summary.done) == 1
     return outs
