@@ -246,12 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from beyondmle.results import ResultsError
     from beyondmle.spec import SpecError
+    from beyondmle.training import UnsafeCheckpointError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, CorpusError, SettingsError, UnknownPluginError) as e:
+    except (
+        SpecError,
+        CorpusError,
+        SettingsError,
+        UnknownPluginError,
+        ResultsError,
+        UnsafeCheckpointError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -168,6 +168,10 @@ def claim_is_dead(worker: str | None) -> bool:
     return process_start(int(pid)) != start
 
 
+class ResultsError(RuntimeError):
+    """A results directory that cannot be used as it is; the message says what to do."""
+
+
 class ResultsDB:
     """A results directory's database. Every write is one short transaction."""
 
@@ -175,11 +179,26 @@ class ResultsDB:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "results.sqlite"
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            raise ResultsError(
+                f"{self.path} cannot be read as a results database ({e}); it was probably cut "
+                "short or damaged by an interrupted copy, and nothing in it was changed. Restore "
+                "it from a copy, or move it aside and run the same command again: each cell "
+                "whose model.ckpt is whole is then evaluated again without training."
+            ) from None
+
+    def _open(self) -> None:
         self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA busy_timeout=60000")
+        check = self.conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            self.conn.close()
+            raise sqlite3.DatabaseError(f"integrity check: {check}")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("PRAGMA busy_timeout=60000")
         with self.transaction():
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -319,6 +338,38 @@ class ResultsDB:
     def cell_status(self, cell_id: str) -> str | None:
         row = self.conn.execute("SELECT status FROM cells WHERE id = ?", (cell_id,)).fetchone()
         return None if row is None else row["status"]
+
+    def drop_steps(self, cell_id: str, names: list[str]) -> None:
+        """Forget finished steps of a cell (their metric rows and artifacts too), so that a
+        rerun does them again; `train` takes every step of the cell with it."""
+        with self.transaction() as c:
+            if "train" in names:
+                for table in _CELL_TABLES:
+                    c.execute(f"DELETE FROM {table} WHERE cell_id = ?", (cell_id,))
+                return
+            for name in names:
+                decoding = name.split(":")[1] if name.startswith("decode:") else None
+                c.execute("DELETE FROM steps WHERE cell_id = ? AND name = ?", (cell_id, name))
+                if decoding is not None:
+                    for table in ("metrics", "artifacts"):
+                        c.execute(
+                            f"DELETE FROM {table} WHERE cell_id = ? AND decoding = ?",
+                            (cell_id, decoding),
+                        )
+
+    def finished_steps(self, cell_id: str) -> list[str]:
+        return [
+            r[0] for r in self.conn.execute("SELECT name FROM steps WHERE cell_id = ?", (cell_id,))
+        ]
+
+    def artifacts_of(self, cell_id: str) -> list[tuple[str, str, str]]:
+        """(decoding, kind, path relative to the directory) of a cell's artifacts."""
+        return [
+            tuple(r)
+            for r in self.conn.execute(
+                "SELECT decoding, kind, path FROM artifacts WHERE cell_id = ?", (cell_id,)
+            )
+        ]
 
     # steps, metrics and artifacts
     def step_done(self, cell_id: str, name: str) -> bool:

@@ -17,6 +17,7 @@ import sys
 import time
 import traceback
 import uuid
+import zipfile
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -123,6 +124,8 @@ def run_spec(
                 cell.id, cell.config, cell.corpus.name, cell.objective.label, cell.seed
             )
         summary = RunSummary(out_dir)
+        for cell in cells:
+            _heal_or_fail(cell, db, out_dir, run_id, retry_failed, console)
         try:
             for index, cell in enumerate(cells, start=1):
                 _run_one(
@@ -187,6 +190,66 @@ def _run_one(
     console.cell(index, label, "done")
 
 
+def whole_checkpoint(path: Path) -> bool:
+    """A checkpoint file that exists and whose zip archive reads back whole (CRCs checked)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def whole_samples(path: Path) -> bool:
+    """A samples file whose every line is a JSON record (not cut short by a copy)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return all(isinstance(json.loads(line), dict) for line in f if line.strip())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def damaged_steps(db: ResultsDB, cell: Cell, out_dir: Path) -> dict[str, str]:
+    """Finished steps of a cell whose files are gone or damaged: step -> what is wrong."""
+    steps = set(db.finished_steps(cell.id))
+    damaged = {}
+    checkpoint = out_dir / "cells" / cell.id / "model.ckpt"
+    if "train" in steps and not whole_checkpoint(checkpoint):
+        what = "is damaged" if checkpoint.exists() else "is missing"
+        damaged["train"] = f"{checkpoint} {what}, though the cell's training is recorded as done"
+    for decoding, kind, relative in db.artifacts_of(cell.id):
+        if kind != "samples" or whole_samples(out_dir / relative):
+            continue
+        for step in steps:
+            if step.startswith(f"decode:{decoding}:"):
+                damaged[step] = f"{out_dir / relative} is missing or cut short"
+    return damaged
+
+
+def _heal_or_fail(
+    cell: Cell, db: ResultsDB, out_dir: Path, run_id: str, retry_failed: bool, console: RunConsole
+) -> None:
+    """A cell whose recorded files are gone or damaged is marked failed, saying which file and
+    what to do; with --retry-failed its damaged steps are forgotten, so they run again. No other
+    cell is touched."""
+    damaged = damaged_steps(db, cell, out_dir)
+    if not damaged:
+        return
+    if retry_failed:
+        db.drop_steps(cell.id, list(damaged))
+        if "train" in damaged:
+            (out_dir / "cells" / cell.id / "model.ckpt").unlink(missing_ok=True)
+        db.fail_cell(cell.id, run_id, "damaged files; redone by --retry-failed")
+        return
+    redo = "trains it again" if "train" in damaged else "writes those samples again"
+    reason = (
+        "; ".join(sorted(set(damaged.values())))
+        + f". Run the same command with --retry-failed (it {redo}), or delete "
+        f"{out_dir / 'cells' / cell.id} and its rows."
+    )
+    db.fail_cell(cell.id, run_id, reason)
+    console.warn("results", f"cell {cell.id}: {reason}")
+
+
 def _failure_reason(e: Exception) -> str:
     if isinstance(e, ObjectiveDiverged):
         return f"diverged: {e}"
@@ -213,6 +276,17 @@ def run_cell(
     }
     atomic_write_text(cell_dir / "config.json", json.dumps(config, indent=2, sort_keys=True))
     train_seconds = None
+    if not db.step_done(cell.id, "train") and whole_checkpoint(cell_dir / "model.ckpt"):
+        # Training finished (model.ckpt is written last, atomically) but the database does not
+        # know it: a database moved aside or restored. Evaluate the model; do not retrain it.
+        db.record_step(
+            cell.id,
+            "train",
+            artifacts={
+                ("", "checkpoint"): f"cells/{cell.id}/model.ckpt",
+                ("", "train_log"): f"cells/{cell.id}/logs/metrics.csv",
+            },
+        )
     if not db.step_done(cell.id, "train"):
         start = time.monotonic()
         choice = choose_precision(cell.training.precision, cell.training.accelerator)

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+
 from beyondmle.reports import catalogue, stats
 from beyondmle.reports.load import Results, decoding_family, parse_decoding, sort_decodings
 

@@ -4,10 +4,11 @@ Lightning logs and generated samples side by side."""
 from __future__ import annotations
 
 import pandas as pd
+
 from beyondmle.reports import plots
 from beyondmle.reports.context import Context, per_corpus
 from beyondmle.reports.document import BulletList, Figure, Paragraph, Samples, Section
-from beyondmle.reports.load import read_samples, read_train_log
+from beyondmle.reports.load import DamagedFile, read_samples, read_train_log
 
 N_PROMPTS = 3
 MAX_SAMPLE_CHARS = 1500
@@ -81,8 +82,12 @@ def samples_section(ctx: Context) -> Section:
                     continue
                 try:
                     items = read_samples(path)
-                except OSError as error:
-                    problems.append(f"{objective} seed {cell.seed}: {error}")
+                except (OSError, DamagedFile) as error:
+                    problems.append(
+                        f"{objective} seed {cell.seed}: {error}. Its metrics were computed "
+                        "before the damage and are kept; `beyondmle run SPEC --retry-failed` "
+                        "on this directory writes the file again."
+                    )
                     continue
                 indexed = {}
                 for i, item in enumerate(items):

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 import pandas as pd
+
 from beyondmle.reports import analysis, plots
 from beyondmle.reports.document import Paragraph, Section
 from beyondmle.reports.load import Results

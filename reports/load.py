@@ -123,20 +123,26 @@ def sort_decodings(labels) -> list[str]:
 # artifact files
 
 
+class DamagedFile(ValueError):
+    """An artifact file that exists but cannot be read whole."""
+
+
 def read_samples(path: Path) -> list[dict]:
-    """The lines of a samples JSONL file; malformed lines are skipped."""
+    """The lines of a samples JSONL file; a line that is not a JSON object (a file cut short
+    by an interrupted copy, say) raises `DamagedFile` naming the file and the line."""
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
             line = line.strip()
             if not line:
                 continue
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
-                continue
-            if isinstance(item, dict):
-                samples.append(item)
+                item = None
+            if not isinstance(item, dict):
+                raise DamagedFile(f"{path}: line {number} is not a whole JSON record")
+            samples.append(item)
     return samples
 
 

@@ -13,12 +13,13 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from beyondmle.reports import catalogue
-from beyondmle.reports.analysis import Frontiers
-from beyondmle.reports.load import decoding_family
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
+
+from beyondmle.reports import catalogue
+from beyondmle.reports.analysis import Frontiers
+from beyondmle.reports.load import decoding_family
 
 DPI = 110
 _MARKERS = {"greedy": "s", "temperature": "o", "top_p": "D", "top_k": "^", "combined": "P"}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+
 from beyondmle.reports import analysis, catalogue
 from beyondmle.reports import formatting as fmt
 from beyondmle.reports.context import Context, decoding_name
@@ -19,11 +20,12 @@ from beyondmle.reports.document import (
     Section,
     Table,
 )
-from beyondmle.reports.load import sort_decodings
+from beyondmle.reports.load import DamagedFile, read_samples, sort_decodings
 
 
 def warnings_section(ctx: Context) -> Section:
     section = Section("Warnings", "warnings")
+    section.blocks += _damaged_files(ctx)
     section.blocks += _run_warnings(ctx)
     done = set(ctx.results.cells.loc[ctx.results.cells["status"] == "done", "id"])
     m = ctx.results.metrics
@@ -56,6 +58,27 @@ def warnings_section(ctx: Context) -> Section:
         )
     )
     return section
+
+
+def _damaged_files(ctx: Context) -> list:
+    """Sample files the database names that are missing or cut short."""
+    a = ctx.results.artifacts
+    problems = []
+    for r in a[a["kind"] == "samples"].sort_values(["cell_id", "decoding"]).itertuples():
+        path = ctx.results.artifact_path(r.cell_id, "samples", r.decoding)
+        try:
+            read_samples(path)
+        except (OSError, DamagedFile) as error:
+            problems.append(f"cell {r.cell_id}, {decoding_name(r.decoding)}: {error}")
+    if not problems:
+        return []
+    return [
+        Paragraph(
+            "Damaged files: their metrics were computed before the damage and are kept; "
+            "`beyondmle run SPEC --retry-failed` on this directory writes them again.",
+        ),
+        BulletList(problems),
+    ]
 
 
 def _run_warnings(ctx: Context) -> list:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+
 from beyondmle.reports import analysis, catalogue, plots, stats
 from beyondmle.reports import formatting as fmt
 from beyondmle.reports.context import Context, decoding_name, per_corpus

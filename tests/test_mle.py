@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from beyondmle.objectives.mle import MLE, MLESettings
 
 from beyondmle.api import (
     Objective,
@@ -21,6 +20,7 @@ from beyondmle.api import (
     token_nll,
 )
 from beyondmle.model import GPT, ModelConfig
+from beyondmle.objectives.mle import MLE, MLESettings
 
 VOCAB = 17
 CONFIG = ModelConfig(vocab_size=VOCAB, block_size=12, n_layer=1, n_head=2, n_embd=16, dropout=0.0)

@@ -11,6 +11,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from beyondmle.api import ObjectiveDiverged, Optimizers, SpecialTokens, TrainingState, get_objective
+from beyondmle.model import GPT, ModelConfig
 from beyondmle.objectives.adversarial import (
     Adversarial,
     AdversarialSettings,
@@ -18,10 +22,6 @@ from beyondmle.objectives.adversarial import (
     discounted_returns,
     straight_through_gumbel,
 )
-from torch import nn
-
-from beyondmle.api import ObjectiveDiverged, Optimizers, SpecialTokens, TrainingState, get_objective
-from beyondmle.model import GPT, ModelConfig
 
 CONFIG = ModelConfig(vocab_size=20, block_size=12, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
 SPECIAL = SpecialTokens(eos=0, mask=1, sep=2, pad=3)

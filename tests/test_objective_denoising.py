@@ -8,6 +8,11 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beyondmle.api import SpecialTokens, TrainingState, token_nll
+from beyondmle.model import GPT, ModelConfig
 from beyondmle.objectives.denoising import (
     Denoising,
     DenoisingSettings,
@@ -20,11 +25,6 @@ from beyondmle.objectives.denoising import (
     token_masking,
 )
 from beyondmle.objectives.mle import MLE, MLESettings
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from beyondmle.api import SpecialTokens, TrainingState, token_nll
-from beyondmle.model import GPT, ModelConfig
 
 SPECIAL = SpecialTokens(eos=0, mask=1, sep=2, pad=3)
 MASK = SPECIAL.mask

@@ -8,6 +8,11 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beyondmle.api import SpecialTokens, TrainingState, token_nll
+from beyondmle.model import GPT, ModelConfig
 from beyondmle.objectives.mle import MLE, MLESettings
 from beyondmle.objectives.scheduled_sampling import (
     ScheduledSampling,
@@ -20,11 +25,6 @@ from beyondmle.objectives.scheduled_sampling import (
     replacement_prob,
     teacher_forcing_prob,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from beyondmle.api import SpecialTokens, TrainingState, token_nll
-from beyondmle.model import GPT, ModelConfig
 
 CONFIG = ModelConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
 SPECIAL = SpecialTokens(eos=0, mask=1, sep=2, pad=3)

@@ -7,6 +7,11 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
+from beyondmle.api import SpecialTokens, TrainingState, token_nll
+from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.model import GPT, ModelConfig
 from beyondmle.objectives.unlikelihood import (
     SEQUENCE_MIN_ONE_MINUS_P,
     Unlikelihood,
@@ -16,11 +21,6 @@ from beyondmle.objectives.unlikelihood import (
     seq_rep,
     token_candidates,
 )
-from torch import nn
-
-from beyondmle.api import SpecialTokens, TrainingState, token_nll
-from beyondmle.decoding import DecodingConfig, generate
-from beyondmle.model import GPT, ModelConfig
 
 VOCAB = 50
 CONFIG = ModelConfig(vocab_size=VOCAB, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from report_fixture import FAILED_ERROR, MAUVE_WARNING, PLANTED, cell_id, make_results
+
 from beyondmle.reports import build_report, stats
 from beyondmle.reports.analysis import choose_sweep, headline_decoding
 from beyondmle.reports.load import parse_decoding, read_train_log
 from beyondmle.reports.render import md_escape
-from report_fixture import FAILED_ERROR, MAUVE_WARNING, PLANTED, cell_id, make_results
 
 # statistics on hand examples
 

@@ -9,8 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from beyondmle.reports import build_report
 from report_fixture import make_results
+
+from beyondmle.reports import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [

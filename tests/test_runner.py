@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from beyondmle.objectives.mle import MLE, MLESettings
 
 from beyondmle.api import OBJECTIVES, ObjectiveDiverged, register_objective
 from beyondmle.cells import expand, select_shard
 from beyondmle.cli import build_parser
+from beyondmle.objectives.mle import MLE, MLESettings
 from beyondmle.results import ResultsDB, merge
 from beyondmle.runner import run_spec
 from beyondmle.spec import parse_spec

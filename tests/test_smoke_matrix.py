@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from beyondmle.reports import build_report
 
 from beyondmle.api import available_objectives
 from beyondmle.cells import expand
 from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.reports import build_report
 from beyondmle.runner import run_spec
 from beyondmle.spec import parse_spec
 from beyondmle.training import load_model
