@@ -185,3 +185,50 @@ def test_generate_runs_in_eval_mode_and_restores_training_mode():
     model.eval()
     assert generate(model, prompts, 8, config) == first
     assert not model.training
+
+
+# -- dropout ---------------------------------------------------------------------------------------
+
+
+def test_random_keep_keeps_each_entry_with_probability_one_minus_p() -> None:
+    from beyondmle.model import random_keep
+
+    torch.manual_seed(0)
+    n, p = 300_000, 0.2
+    keep = random_keep(torch.Size([n]), p, torch.device("cpu"))
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(keep.float().mean().item() - (1 - p)) < 5 * sigma
+    # Each of the three 16-bit lanes of a draw is uniform on its own (the fourth, whose top bit
+    # is always 0, is not used): every third entry keeps at the same rate.
+    for lane in range(3):
+        rate = keep[lane::3].float().mean().item()
+        assert abs(rate - (1 - p)) < 5 * (3**0.5) * sigma
+    # Neighbouring entries are independent: the rate of both kept is (1 - p)^2.
+    both = (keep[:-1] & keep[1:]).float().mean().item()
+    assert abs(both - (1 - p) ** 2) < 5 * sigma
+
+
+def test_dropout_zeroes_the_dropped_entries_and_scales_the_rest_in_both_passes() -> None:
+    from beyondmle.model import dropout
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 50, requires_grad=True)
+    y = dropout(x, 0.25, training=True)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.75)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.allclose(grad, kept.float() / 0.75)
+    assert dropout(x, 0.25, training=False) is x
+
+
+def test_attention_with_dropout_near_zero_equals_the_fused_kernel() -> None:
+    """The CPU training path writes attention out to use the cheaper mask; with nothing
+    dropped it must give the math kernel's outputs."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=1e-9)
+    model = GPT(config)
+    idx = random_tokens(3, 16)
+    model.train()  # the written-out attention (p rounds to 0 in 1/65536: nothing is dropped)
+    ours = model(idx)
+    model.eval()  # scaled_dot_product_attention
+    assert torch.allclose(ours, model(idx), atol=1e-5)
