@@ -26,6 +26,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = parse_spec(args.spec)
     out = Path(args.out or Path("runs") / spec.name)
+    if args.dry_run:
+        from beyondmle.console import RunConsole
+        from beyondmle.plan import make_plan, print_plan
+
+        console = RunConsole(0, _verbosity(args))
+        with console.capture():
+            plans = make_plan(spec, out, args.shard, lambda m: print(m, file=sys.stderr), console)
+        print_plan(spec, plans, out)
+        return 0
     summary = run_spec(
         spec, out, shard=args.shard, retry_failed=args.retry_failed, verbosity=_verbosity(args)
     )
@@ -202,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     p.add_argument("--no-report", action="store_true", help="do not build the report")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (cells, decodings, tokens, FLOPs, a time estimate from a short "
+        "probe on this machine) without training",
+    )
     loud = p.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", action="store_true", help="print cell events only")
     loud.add_argument(

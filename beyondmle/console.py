@@ -149,6 +149,7 @@ class RunConsole:
             lg.setLevel(logging.WARNING)
             lg.handlers = [handler]
             lg.propagate = False
+        bars = _progress_bars(False)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = self._show_warning  # type: ignore[assignment]
@@ -165,9 +166,22 @@ class RunConsole:
                         os.environ.pop(key, None)
                     else:
                         os.environ[key] = value
+                _progress_bars(bars)
 
     def _show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
         self.warn(category.__name__, str(message))
+
+
+def _progress_bars(enabled: bool) -> bool:
+    """Turn the Hugging Face loading bars ("Loading weights") on or off; returns whether they
+    were on. Their environment switch is read once, at import, so it comes too late here."""
+    try:
+        import transformers.utils.logging as hf_logging
+    except ImportError:
+        return enabled
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    return was
 
 
 class _ConsoleHandler(logging.Handler):

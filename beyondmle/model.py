@@ -200,12 +200,43 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+@dataclass
+class Compute:
+    """What a model has computed since it was made (or `reset`): matrix-multiply FLOPs of the
+    forward and backward passes, token positions run forward, and positions decoded with the
+    KV cache after a prompt (generated tokens fed back).
+
+    FLOPs are counted as each call runs, from the shapes it was given, so extra passes,
+    generation and a discriminator's passes are all in: per layer and position 24·d² for the
+    weights (the qkv, output and MLP projections) and 4·d·keys for attention, 2·d·V per
+    projected position for the output layer; a pass with gradients adds twice its forward FLOPs
+    when the weights train and once when only its inputs need gradients (Kaplan et al. 2020,
+    "Scaling Laws for Neural Language Models", §2.1: C ≈ 6N per trained token)."""
+
+    flops: float = 0.0
+    forward_tokens: int = 0
+    generated_tokens: int = 0
+
+    def reset(self) -> None:
+        self.flops, self.forward_tokens, self.generated_tokens = 0.0, 0, 0
+
+
+def _backward_factor(module: nn.Module, x: torch.Tensor) -> int:
+    """2: weights and inputs get gradients; 1: only the inputs do; 0: no backward pass."""
+    if not torch.is_grad_enabled():
+        return 0
+    if any(p.requires_grad for p in module.parameters()):
+        return 2
+    return 1 if x.requires_grad else 0
+
+
 class GPT(nn.Module):
     """Decoder-only Transformer language model: token ids in, next-token logits out."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.compute = Compute()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = Dropout(config.dropout)
@@ -249,6 +280,7 @@ class GPT(nn.Module):
                 f"distributions must have the vocabulary ({self.config.vocab_size}) as their "
                 f"last dimension, got shape {tuple(x.shape)}"
             )
+        self._count_projection(x[..., 0].numel(), _backward_factor(self, x))
         return x.to(self.wte.weight.dtype) @ self.wte.weight
 
     def hidden_states(
@@ -263,14 +295,28 @@ class GPT(nn.Module):
         if (ids is None) == (embeddings is None):
             raise ValueError("give exactly one of ids and embeddings")
         x = self._add_positions(self.wte(ids) if embeddings is None else embeddings, cache)
+        self._count_blocks(x, 0 if cache is None else cache.length)
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
         if cache is not None:
             cache.length += x.size(1)
         return self.ln_f(x)
 
+    def _count_blocks(self, x: torch.Tensor, past: int) -> None:
+        B, T, C = x.shape
+        keys = past + T  # the attention matrix is formed whole, then masked
+        forward = self.config.n_layer * B * T * (24 * C * C + 4 * C * keys)
+        self.compute.flops += forward * (1 + _backward_factor(self, x))
+        self.compute.forward_tokens += B * T
+
+    def _count_projection(self, rows: int, backward: int) -> None:
+        self.compute.flops += (
+            2 * rows * self.config.n_embd * self.config.vocab_size * (1 + backward)
+        )
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits (..., V) of hidden states (..., C)."""
+        self._count_projection(hidden[..., 0].numel(), _backward_factor(self, hidden))
         return self.lm_head(hidden)
 
     def next_token_loss(
@@ -280,12 +326,15 @@ class GPT(nn.Module):
         output projection (no logits tensor is formed); `ignore_index` targets are skipped."""
         if ignore_index != IGNORE:
             targets = targets.masked_fill(targets == ignore_index, IGNORE)
+        self._count_projection(int((targets != IGNORE).sum()), _backward_factor(self, hidden))
         return linear_cross_entropy(
             hidden.reshape(-1, hidden.size(-1)), self.lm_head.weight, targets.reshape(-1)
         )
 
     def step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Append ids (B, t) to the cache; return their next-token logits (B, t, V)."""
+        if cache.length:
+            self.compute.generated_tokens += ids.numel()
         return self.logits(self.hidden_states(ids, cache=cache))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

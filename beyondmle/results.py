@@ -20,6 +20,9 @@ Tables:
   relative to the results directory.
 - `cell_provenance`: facts about how a cell ran (key, value): the precision it trained in and
   why, the CPU.
+- `cell_compute`: what training a cell cost (key, value): `train_flops` (forward and backward,
+  extra passes, generation and an objective's own models included), `train_tokens` (the data's
+  target tokens), `forward_tokens`, `generated_tokens`.
 - `run_warnings`: every distinct warning a run printed or silenced, with how often it came.
 - `metric_info`: what each stored metric means, as its metric declared it: display name,
   direction (1 higher is better, 0 lower, NULL none), per decoding or per model, number
@@ -105,6 +108,12 @@ CREATE TABLE IF NOT EXISTS cell_provenance (
     cell_id TEXT NOT NULL,
     key TEXT NOT NULL,
     value TEXT NOT NULL,
+    PRIMARY KEY (cell_id, key)
+);
+CREATE TABLE IF NOT EXISTS cell_compute (
+    cell_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value REAL NOT NULL,
     PRIMARY KEY (cell_id, key)
 );
 CREATE TABLE IF NOT EXISTS run_warnings (
@@ -386,9 +395,14 @@ class ResultsDB:
         fingerprints: list[FingerprintRow] = (),
         artifacts: dict[tuple[str, str], str] | None = None,
         train_seconds: float | None = None,
+        compute: dict[str, float] | None = None,
     ) -> None:
         """Write a finished step with all its rows in one transaction: all or nothing."""
         with self.transaction() as c:
+            for key, value in (compute or {}).items():
+                c.execute(
+                    "INSERT OR REPLACE INTO cell_compute VALUES (?, ?, ?)", (cell_id, key, value)
+                )
             cell = c.execute(
                 "SELECT corpus, objective, seed FROM cells WHERE id = ?", (cell_id,)
             ).fetchone()
@@ -426,7 +440,7 @@ class ResultsDB:
 
 
 # The tables whose rows belong to one cell, by `cell_id`.
-_CELL_TABLES = ("steps", "metrics", "artifacts", "cell_provenance")
+_CELL_TABLES = ("steps", "metrics", "artifacts", "cell_provenance", "cell_compute")
 
 
 def merge(destination: str | Path, sources: list[str | Path]) -> ResultsDB:

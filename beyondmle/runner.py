@@ -93,11 +93,11 @@ def load_corpora(spec: Spec) -> dict[str, Corpus]:
     for cs in spec.corpora:
         corpus = load_corpus(cs.name, **cs.settings)
         check_corpus_fits(corpus, block, window)
-        corpora[_corpus_key(cs)] = corpus
+        corpora[corpus_key(cs)] = corpus
     return corpora
 
 
-def _corpus_key(corpus: CorpusSpec) -> str:
+def corpus_key(corpus: CorpusSpec) -> str:
     return json.dumps([corpus.name, corpus.settings], sort_keys=True)
 
 
@@ -170,7 +170,7 @@ def _run_one(
     console.cell(index, label, "running")
     try:
         train_seconds = run_cell(
-            cell, spec, corpora[_corpus_key(cell.corpus)], db, worker, out_dir, console, index
+            cell, spec, corpora[corpus_key(cell.corpus)], db, worker, out_dir, console, index
         )
     except (KeyboardInterrupt, SystemExit, CellInterrupted):
         # Lightning turns a Ctrl-C inside `trainer.fit` into `sys.exit(1)`: give the cell
@@ -298,7 +298,7 @@ def run_cell(
                 "cpu": describe_cpu(),
             },
         )
-        train(
+        compute = train(
             cell,
             corpus,
             cell_dir,
@@ -316,6 +316,7 @@ def run_cell(
                 ("", "train_log"): f"cells/{cell.id}/logs/metrics.csv",
             },
             train_seconds=train_seconds,
+            compute=compute,
         )
     model, _, _ = load_model(cell_dir / "model.ckpt")
     evaluator = Evaluator(model, corpus, spec.evaluation)
@@ -346,8 +347,9 @@ def train(
     console: RunConsole | None = None,
     index: int = 1,
     precision: str | None = None,
-) -> None:
-    """Train a cell's model to its token budget and write `model.ckpt` atomically."""
+) -> dict[str, float]:
+    """Train a cell's model to its token budget, write `model.ckpt` atomically, and return
+    what training cost (`ObjectiveModule.compute_spent`)."""
     L.seed_everything(cell.seed, workers=True, verbose=False)
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)
     module = ObjectiveModule(
@@ -382,6 +384,7 @@ def train(
         [ProgressLog(beat)],
         enable_progress_bar=console is not None and console.verbosity >= VERBOSE,
         precision=precision,
+        run_name=cell.id,
     )
     last = cell_dir / "checkpoints" / "last.ckpt"
     log = cell_dir / "logs" / "metrics.csv"
@@ -398,6 +401,7 @@ def train(
         )
     # The weights, hyperparameters and tokenizer (no optimizer state); atomic: AtomicCheckpointIO.
     trainer.save_checkpoint(cell_dir / "model.ckpt", weights_only=True)
+    return module.compute_spent()
 
 
 def _set_aside(log: Path) -> Path | None:

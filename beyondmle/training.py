@@ -9,29 +9,33 @@ switch.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import pickle
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
 
 from beyondmle.api import (
     ObjectiveDiverged,
     Optimizers,
+    Problem,
     Settings,
     SpecialTokens,
     TrainingState,
     get_objective,
     setting,
 )
-from beyondmle.model import GPT, ModelConfig
+from beyondmle.model import GPT, Compute, ModelConfig
 from beyondmle.precision import choose_precision
 from beyondmle.tokenization import Tokenizer, tokenizer_from_json
 
@@ -60,12 +64,51 @@ class TrainingConfig(Settings):
     accelerator: str = "auto"
     devices: int = setting(1, ge=1)
     strategy: str = "auto"
+    loggers: list[str] = setting(default_factory=list)
+
+    def cross_checks(self) -> list[Problem]:
+        problems = []
+        for name in self.loggers:
+            if name not in LOGGERS:
+                problems.append(Problem("loggers", f"names among {', '.join(LOGGERS)}", name))
+            elif not LOGGERS[name]():
+                problems.append(Problem("loggers", LOGGER_NEEDS[name], name))
+        return problems
 
     def tokens_per_step(self, block_size: int) -> int:
         return self.batch_size * block_size * self.devices
 
     def total_steps(self, block_size: int) -> int:
         return max(1, self.budget_tokens // self.tokens_per_step(block_size))
+
+
+def _installed(*modules: str) -> Callable[[], bool]:
+    return lambda: any(importlib.util.find_spec(m) is not None for m in modules)
+
+
+# Loggers beside the CSV log (which always stays: the report reads it), and what each needs.
+LOGGERS = {"tensorboard": _installed("tensorboard", "tensorboardX"), "wandb": _installed("wandb")}
+LOGGER_NEEDS = {
+    "tensorboard": "an installed logger: 'tensorboard' needs tensorboard or tensorboardX "
+    "(pip install beyondmle[tensorboard])",
+    "wandb": "an installed logger: 'wandb' needs the wandb package (pip install wandb)",
+}
+
+
+def make_loggers(config: TrainingConfig, out_dir: Path, run_name: str) -> list:
+    """Lightning's CSV logger (the record), plus the spec's `loggers`, each naming the run by
+    its cell id. W&B runs offline: nothing leaves the machine unless the user syncs it."""
+    loggers = [CSVLogger(out_dir, name="logs", version="")]
+    for name in config.loggers:
+        if name == "tensorboard":
+            loggers.append(TensorBoardLogger(out_dir, name="tensorboard", version=run_name))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(
+                WandbLogger(name=run_name, save_dir=str(out_dir), offline=True, id=run_name)
+            )
+    return loggers
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -109,6 +152,27 @@ class ObjectiveModule(L.LightningModule):
         # Optimizer updates of the model so far; Lightning's global_step counts every optimizer
         # of a manual step, so the budget is tracked here and saved with the checkpoint.
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        # Compute spent on training (beyondmle.model.Compute): every model this module holds,
+        # the objective's own (a discriminator) included; saved with the checkpoint.
+        self.register_buffer("flops_done", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("forward_tokens_done", torch.zeros((), dtype=torch.long))
+        self.register_buffer("generated_tokens_done", torch.zeros((), dtype=torch.long))
+
+    def counted_models(self) -> list[nn.Module]:
+        return [m for m in self.modules() if isinstance(getattr(m, "compute", None), Compute)]
+
+    def compute_spent(self) -> dict[str, float]:
+        """Training compute so far: FLOPs, data (target) tokens, positions run forward and
+        tokens generated."""
+        tokens = int(self.steps_done) * self.training_config.tokens_per_step(
+            self.model_config.block_size
+        )
+        return {
+            "train_flops": float(self.flops_done),
+            "train_tokens": float(tokens),
+            "forward_tokens": float(self.forward_tokens_done),
+            "generated_tokens": float(self.generated_tokens_done),
+        }
 
     def on_fit_start(self) -> None:
         path = self.objective.settings.warm_start_checkpoint
@@ -117,6 +181,16 @@ class ObjectiveModule(L.LightningModule):
             self.model.load_state_dict(model.state_dict())
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        models = self.counted_models()
+        for m in models:
+            m.compute.reset()
+        loss = self._training_step(batch)
+        self.flops_done += sum(m.compute.flops for m in models)
+        self.forward_tokens_done += sum(m.compute.forward_tokens for m in models)
+        self.generated_tokens_done += sum(m.compute.generated_tokens for m in models)
+        return loss
+
+    def _training_step(self, batch: torch.Tensor) -> torch.Tensor | None:
         step = int(self.steps_done)
         in_warm_start = step < self.warm_steps
         own_steps = max(1, self.total_steps - self.warm_steps)
@@ -265,6 +339,7 @@ def build_trainer(
     callbacks: list[Callback] = (),
     enable_progress_bar: bool = True,
     precision: str | None = None,
+    run_name: str = "run",
 ) -> L.Trainer:
     """A Trainer that stops on the token budget (the module sets `should_stop`), keeps a
     resumable `checkpoints/last.ckpt` and writes CSV logs to `logs/`. `precision` is the
@@ -289,7 +364,7 @@ def build_trainer(
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
-        logger=CSVLogger(out_dir, name="logs", version=""),
+        logger=make_loggers(config, out_dir, run_name),
         callbacks=[checkpoint, *callbacks],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=enable_progress_bar,

@@ -1,0 +1,218 @@
+"""`beyondmle run SPEC --dry-run`: the plan of a matrix, without training.
+
+Lists the cells with their status in the results directory (if there is one), the decodings,
+and per cell the training steps, tokens and FLOPs, and an estimated time. The estimate comes
+from a short probe on this machine: each distinct objective variant trains a few real steps
+(the real objective, model size, batch and precision) at three points of its budget — early,
+middle and late, so warm starts and late phases such as sequence-level unlikelihood are seen —
+and one batch of evaluation prompts is generated, featurized and scored with MAUVE where the
+spec asks for it. Seeds share their variant's probe. Nothing is written to the results
+directory.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from beyondmle.api import Corpus, get_featurizer
+from beyondmle.cells import Cell, expand, select_shard
+from beyondmle.console import RunConsole, captured_stderr
+from beyondmle.data import LanguageDataModule
+from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.metrics.distributional import mauve
+from beyondmle.model import GPT, ModelConfig
+from beyondmle.precision import choose_precision, describe_cpu
+from beyondmle.runner import corpus_key, load_corpora
+from beyondmle.spec import Spec
+from beyondmle.training import ObjectiveModule, build_trainer
+
+PROBE_POINTS = (0.2, 0.6, 0.9)
+PROBE_STEPS = 3  # per point; the first is a warm-up and is not timed
+
+
+@dataclass(frozen=True)
+class Probe:
+    seconds_per_step: float
+    flops_per_step: float
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    cell: Cell
+    status: str
+    steps: int
+    tokens: int
+    flops: float
+    train_seconds: float
+    eval_seconds: float
+
+
+class _StepTimer(Callback):
+    def __init__(self, steps: int) -> None:
+        self.steps, self.times, self.flops = steps, [], []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.start = time.perf_counter()
+        self.flops_before = float(module.flops_done)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.times.append(time.perf_counter() - self.start)
+        self.flops.append(float(module.flops_done) - self.flops_before)
+        if len(self.times) >= self.steps:
+            trainer.should_stop = True
+
+
+def probe_training(cell: Cell, corpus: Corpus, precision: str) -> Probe:
+    """Seconds and FLOPs per training step of a cell's variant, at PROBE_POINTS."""
+    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)
+    training = replace(cell.training, val_every_steps=10**9, checkpoint_every_steps=10**9)
+    data = LanguageDataModule(corpus, model_config.block_size, training.batch_size)
+    times, flops = [], []
+    torch.manual_seed(cell.seed)
+    for point in PROBE_POINTS:
+        module = ObjectiveModule(
+            asdict(model_config),
+            cell.objective.name,
+            cell.objective.settings,
+            asdict(training),
+            asdict(corpus.tokenizer.special),
+        )
+        module.steps_done.fill_(int(point * module.total_steps))
+        timer = _StepTimer(PROBE_STEPS)
+        with tempfile.TemporaryDirectory() as out:
+            trainer = build_trainer(
+                training, Path(out), module.objective.manual_optimization, [timer], False, precision
+            )
+            trainer.logger = None
+            trainer.fit(module, data)
+        times += timer.times[1:]
+        flops += timer.flops[1:]
+    return Probe(float(np.mean(times)), float(np.mean(flops)))
+
+
+def probe_evaluation(
+    spec: Spec, cell: Cell, corpus: Corpus, console: RunConsole | None = None
+) -> float:
+    """Seconds to generate, featurize and score one decoding's continuations."""
+    evaluation = spec.evaluation
+    model = GPT(ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)).eval()
+    batch = min(evaluation.batch_size, evaluation.num_samples)
+    prompts = torch.randint(4, model.config.vocab_size, (batch, evaluation.prompt_tokens))
+    start = time.perf_counter()
+    rows = generate(model, prompts, evaluation.continuation_tokens, DecodingConfig())
+    seconds = (time.perf_counter() - start) * evaluation.num_samples / batch
+    if {"mauve", "fed"} & set(evaluation.metrics):
+        featurizer = get_featurizer(evaluation.featurizer)
+        texts = [corpus.tokenizer.decode(r) for r in rows]
+        featurizer.encode(texts[:2])  # load the model outside the timing
+        start = time.perf_counter()
+        featurizer.encode(texts)
+        seconds += (time.perf_counter() - start) * evaluation.num_samples / batch
+        if "mauve" in evaluation.metrics:
+            rng = np.random.default_rng(0)
+            p = rng.normal(size=(evaluation.num_samples, featurizer.dim))
+            q = rng.normal(size=(evaluation.num_samples, featurizer.dim))
+            start = time.perf_counter()
+            with captured_stderr(console):  # faiss's k-means warnings, as in a real run
+                mauve(p, q, seeds=tuple(evaluation.mauve_seeds), scaling=evaluation.mauve_scaling)
+            seconds += time.perf_counter() - start
+    return seconds
+
+
+def existing_status(out_dir: Path) -> dict[str, str]:
+    """Cell statuses of an existing results directory, read only; empty if there is none."""
+    path = out_dir / "results.sqlite"
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT id, status FROM cells"))
+    except sqlite3.DatabaseError:
+        return {}
+    finally:
+        conn.close()
+
+
+def make_plan(
+    spec: Spec,
+    out_dir: Path,
+    shard: tuple[int, int] = (0, 1),
+    report: Callable[[str], None] = print,
+    console: RunConsole | None = None,
+) -> list[CellPlan]:
+    cells = select_shard(expand(spec), shard)
+    status = existing_status(out_dir)
+    corpora = load_corpora(spec)
+    probes: dict[str, Probe] = {}
+    evals: dict[str, float] = {}
+    plans = []
+    for cell in cells:
+        variant = repr((cell.corpus, cell.model, cell.training, cell.objective))
+        corpus = corpora[corpus_key(cell.corpus)]
+        precision = choose_precision(cell.training.precision, cell.training.accelerator)
+        if variant not in probes:
+            report(f"probing {cell.describe().rsplit(' / seed', 1)[0]} ...")
+            probes[variant] = probe_training(cell, corpus, precision.precision)
+        key = repr((cell.corpus, cell.model))
+        if key not in evals:
+            evals[key] = probe_evaluation(spec, cell, corpus, console)
+        probe = probes[variant]
+        steps = cell.training.total_steps(cell.model.get("block_size", ModelConfig.block_size))
+        tokens = steps * cell.training.tokens_per_step(
+            cell.model.get("block_size", ModelConfig.block_size)
+        )
+        plans.append(
+            CellPlan(
+                cell,
+                status.get(cell.id, "new"),
+                steps,
+                tokens,
+                probe.flops_per_step * steps,
+                probe.seconds_per_step * steps,
+                evals[key] * len(spec.decodings),
+            )
+        )
+    return plans
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def print_plan(spec: Spec, plans: list[CellPlan], out_dir: Path) -> None:
+    precision = choose_precision(spec.training.precision, spec.training.accelerator)
+    todo = [p for p in plans if p.status != "done"]
+    print(f"plan of {spec.path} into {out_dir}")
+    print(f"machine: {describe_cpu()}; precision {precision.precision} ({precision.reason})")
+    print(
+        f"cells: {len(plans)} ({len(plans) - len(todo)} done, {len(todo)} to run); decodings: "
+        + ", ".join(d.label for d in spec.decodings)
+    )
+    header = (
+        f"{'cell':12}  {'objective':28} {'seed':>4}  {'status':7} {'steps':>6} "
+        f"{'tokens':>10} {'train FLOPs':>11} {'train':>8} {'evaluation':>10}"
+    )
+    print(header)
+    for p in plans:
+        print(
+            f"{p.cell.id:12}  {p.cell.objective.label[:28]:28} {p.cell.seed:>4}  {p.status:7} "
+            f"{p.steps:>6} {p.tokens:>10,} {p.flops:>11.3g} {_minutes(p.train_seconds):>8} "
+            f"{_minutes(p.eval_seconds):>10}"
+        )
+    train = sum(p.train_seconds for p in todo)
+    evaluation = sum(p.eval_seconds for p in todo)
+    print(
+        f"estimated time for the {len(todo)} cells to run: {_minutes(train + evaluation)} "
+        f"(training {_minutes(train)}, evaluation {_minutes(evaluation)}), from a probe of "
+        f"{PROBE_STEPS - 1} timed steps at {len(PROBE_POINTS)} points of each budget on this "
+        "machine"
+    )
