@@ -40,6 +40,7 @@ CHATTY_LOGGERS = (
     "torch.distributed",
 )
 REDRAW_SECONDS = 0.5
+MAX_SHOWN = 240  # characters of a warning on the console; the database keeps it whole
 
 
 def _duration(seconds: float) -> str:
@@ -127,7 +128,8 @@ class RunConsole:
         key = (category, text)
         self.counts[key] += 1
         if self.counts[key] == 1 and self.verbosity >= NORMAL:
-            self._line(f"warning ({category}): {text}")
+            shown = text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
+            self._line(f"warning ({category}): {shown}")
 
     def summary(self) -> list[tuple[str, str, int]]:
         """(category, text, count) of every distinct warning, most frequent first."""
