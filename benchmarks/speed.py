@@ -12,7 +12,8 @@ Prints the CPU kind and the precision `auto` chose (and why), then:
   two), and against the peak of the precision trained in;
 - KV-cached generation against recomputing the whole context every step;
 - the sampling step alone, on PTB-sized rows (vocabulary 10k): our inverse-CDF draw against
-  `torch.multinomial`, and the radix row sort behind top-p against a float sort per row.
+  `torch.multinomial`, the row sorts (radix and float), and a whole top-p 0.9 draw, which
+  samples by rejection and sorts nothing.
 
 FLOPs per token = 6·N + 12·L·T·d, N = parameters excluding position embeddings (nanoGPT's
 `estimate_mfu`, after Kaplan et al. 2020 and the PaLM paper, App. B).
@@ -33,7 +34,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from beyondmle.api import load_corpus
 from beyondmle.data import LanguageDataModule
-from beyondmle.decoding import DecodingConfig, generate, sample_categorical, sort_rows_descending
+from beyondmle.decoding import (
+    DecodingConfig,
+    generate,
+    next_token,
+    sample_categorical,
+    sort_rows_descending,
+)
 from beyondmle.model import GPT, ModelConfig
 from beyondmle.precision import choose_precision, describe_cpu
 from beyondmle.spec import parse_spec
@@ -223,12 +230,15 @@ def best_ms(function, repeats: int = 20) -> float:
 def sampling_speed(batch: int, vocab: int = 10_000) -> dict[str, float]:
     """Milliseconds per call (best of 20) of each sampling primitive on (batch, vocab) rows."""
     generator = torch.Generator().manual_seed(0)
-    probs = (2.5 * torch.randn(batch, vocab, generator=generator)).softmax(dim=-1)
+    logits = 2.5 * torch.randn(batch, vocab, generator=generator)
+    probs = logits.softmax(dim=-1)
+    top_p = DecodingConfig(top_p=0.9)
     return {
         "multinomial": best_ms(lambda: torch.multinomial(probs, 1, generator=generator)),
         "ours": best_ms(lambda: sample_categorical(probs, generator)),
         "float sort": best_ms(lambda: torch.sort(probs, dim=-1, descending=True)),
         "radix sort": best_ms(lambda: sort_rows_descending(probs)),
+        "nucleus": best_ms(lambda: next_token(logits, top_p, generator)),
     }
 
 
@@ -297,6 +307,7 @@ def main() -> None:
             f"  top-p sort:    float per row {t['float sort']:.2f}, radix {t['radix sort']:.2f} "
             f"({t['float sort'] / t['radix sort']:.1f}x)"
         )
+        print(f"  top-p 0.9 draw by rejection, no sort: {t['nucleus']:.2f}")
 
 
 if __name__ == "__main__":

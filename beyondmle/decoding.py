@@ -118,13 +118,56 @@ def next_token(logits: torch.Tensor, config: DecodingConfig, generator=None) -> 
     if config.greedy:
         return logits.argmax(dim=-1)
     logits = _temperature_top_k(logits.float(), config)
+    probs = logits.softmax(dim=-1)
     if config.top_p is None or config.top_p >= 1.0:
-        return sample_categorical(logits.softmax(dim=-1), generator)
-    # Draw in sorted order, where the nucleus is a prefix, then map back to token ids: no
-    # scattering of the mask back to vocabulary order and no second softmax.
-    probs, order, drop = _sorted_nucleus(logits, config.top_p)
-    rank = sample_categorical(probs.masked_fill(drop, 0.0), generator)  # (B,)
-    return order.gather(-1, rank[:, None]).squeeze(1)
+        return sample_categorical(probs, generator)
+    return sample_nucleus(probs, config.top_p, generator)
+
+
+# Rounds of drawing before the rows still unaccepted fall back to sorting (a nucleus of mass
+# top_p accepts a draw with probability >= top_p, so this is reached only for tiny top_p).
+NUCLEUS_ROUNDS = 8
+
+
+def in_nucleus(probs: torch.Tensor, tokens: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Whether each row's token (B,) lies in the row's nucleus: the mass of the tokens before
+    it in the descending order, ties broken by token id as a stable sort breaks them, is below
+    top_p (Holtzman et al. 2020, §3.1, with `_sorted_nucleus`'s tie rule)."""
+    chosen = probs.gather(1, tokens[:, None])  # (B, 1)
+    heavier = torch.where(probs > chosen, probs, 0.0).sum(dim=-1, dtype=torch.float64)
+    equal = probs == chosen
+    tied = equal.sum(dim=-1) > 1  # rare: tokens of exactly the chosen token's probability
+    if bool(tied.any()):
+        ids = torch.arange(probs.size(1), device=probs.device)
+        first = (equal[tied] & (ids[None, :] < tokens[tied, None])).sum(dim=-1)
+        heavier[tied] += first * chosen[tied, 0].double()
+    return heavier < top_p
+
+
+def sample_nucleus(probs: torch.Tensor, top_p: float, generator=None) -> torch.Tensor:
+    """One draw per row from the nucleus of `probs` (B, V), renormalised: by rejection.
+
+    A draw from the whole row is kept when it lies in the nucleus (`in_nucleus`); otherwise the
+    row draws again. Accepted draws follow the row's distribution restricted to the nucleus,
+    which is nucleus sampling exactly, and the nucleus holds at least top_p of the mass, so a
+    draw is accepted with probability >= top_p. It needs no sort of the vocabulary, which made
+    top-p decoding 5x slower than plain sampling (10k tokens on CPU). Rows still unaccepted
+    after `NUCLEUS_ROUNDS` are drawn in sorted order."""
+    out = torch.empty(probs.size(0), dtype=torch.long, device=probs.device)
+    rows = torch.arange(probs.size(0), device=probs.device)
+    for _ in range(NUCLEUS_ROUNDS):
+        part = probs[rows]
+        drawn = sample_categorical(part, generator)
+        accept = in_nucleus(part, drawn, top_p)
+        out[rows[accept]] = drawn[accept]
+        rows = rows[~accept]
+        if rows.numel() == 0:
+            return out
+    part = probs[rows]
+    sorted_probs, order, drop = _sorted_nucleus(part.log(), top_p)
+    rank = sample_categorical(sorted_probs.masked_fill(drop, 0.0), generator)
+    out[rows] = order.gather(-1, rank[:, None]).squeeze(1)
+    return out
 
 
 def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:

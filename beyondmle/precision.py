@@ -12,7 +12,9 @@ The rule:
   faster than fp32; otherwise `32-true`. The probe (about a second) is cached per machine: CPU
   model, flags, thread count and torch version.
 
-Every choice carries its reason, which goes into the cell's provenance and the report.
+Every choice carries its reason, which goes into the cell's provenance and the report. The
+environment variable `BEYONDMLE_PRECISION` (e.g. `32-true`) overrides what `auto` picks, for
+every run and the featurizers alike: to compare precisions on one machine.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from beyondmle.paths import atomic_write_text, default_cache_dir
 
 AUTO = "auto"
+OVERRIDE_ENV = "BEYONDMLE_PRECISION"
 BF16_MIN_SPEEDUP = 1.3
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -145,6 +148,9 @@ def choose_precision(
     """The precision to train in: `requested` itself unless it is `auto`."""
     if requested != AUTO:
         return PrecisionChoice(requested, "set in the spec")
+    forced = os.environ.get(OVERRIDE_ENV)
+    if forced:
+        return PrecisionChoice(forced, f"auto overridden by {OVERRIDE_ENV}={forced}")
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         if torch.cuda.is_bf16_supported():
             return PrecisionChoice("bf16-mixed", f"GPU with bf16: {torch.cuda.get_device_name()}")

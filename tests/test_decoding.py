@@ -364,3 +364,36 @@ def test_max_new_tokens_is_respected(max_new_tokens):
     # With an eos that comes later than the limit, the limit still holds.
     out = generate(Counter(), prompts, max_new_tokens, DecodingConfig(greedy=True), eos_id=11)
     assert out == [[3 + i for i in range(max_new_tokens)], [5 + i for i in range(max_new_tokens)]]
+
+
+# -- nucleus sampling by rejection ---------------------------------------------------------------
+
+
+def test_nucleus_draws_follow_the_renormalised_nucleus_by_hand():
+    from beyondmle.decoding import sample_nucleus
+
+    # Mass before token 1 is 0.5 < 0.7 (kept); before token 2 it is 0.8 (dropped):
+    # the nucleus is {0, 1}, renormalised to 0.5 / 0.8 and 0.3 / 0.8.
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).expand(100_000, 4)
+    draws = sample_nucleus(probs, 0.7, torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=4).double() / draws.numel()
+    assert counts[2] == 0 and counts[3] == 0
+    sigma = (0.625 * 0.375 / draws.numel()) ** 0.5
+    assert abs(counts[0].item() - 0.625) < 5 * sigma
+
+
+def test_nucleus_ties_keep_the_lower_token_ids_first():
+    from beyondmle.decoding import in_nucleus
+
+    probs = torch.tensor([[0.25, 0.25, 0.25, 0.25]])
+    inside = [bool(in_nucleus(probs, torch.tensor([t]), 0.5)) for t in range(4)]
+    assert inside == [True, True, False, False]  # masses before: 0, 0.25, 0.5, 0.75
+
+
+def test_a_nucleus_too_small_to_hit_by_drawing_falls_back_to_sorting():
+    from beyondmle.decoding import NUCLEUS_ROUNDS, sample_nucleus
+
+    probs = torch.full((3, 2000), 1 / 2000)  # the nucleus of top_p = 1e-4 is token 0 alone
+    assert (1 - 1 / 2000) ** NUCLEUS_ROUNDS > 0.99  # so rejection almost surely never hits
+    draws = sample_nucleus(probs, 1e-4, torch.Generator().manual_seed(0))
+    assert draws.tolist() == [0, 0, 0]
