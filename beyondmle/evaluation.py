@@ -32,11 +32,13 @@ from beyondmle.api import (
 from beyondmle.data import prompt_continuation_pairs
 from beyondmle.decoding import DecodingConfig, generate
 from beyondmle.feature_cache import cached_encode
+from beyondmle.metrics.resampling import prompt_resamples
 from beyondmle.paths import atomic_write_text, default_cache_dir
 
 DEFAULT_METRICS = (
     "perplexity",
     "continuation",
+    "repetition",
     "distinct",
     "self_bleu",
     "seq_rep",
@@ -56,6 +58,7 @@ class MetricRow:
     value: float | None
     fingerprint: str
     warning: str | None = None
+    replicates: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,11 @@ class EvaluationConfig(Settings):
     featurizer: str = "minilm"
     mauve_seeds: list[int] = setting(default_factory=lambda: [0, 1, 2], min_len=1)
     mauve_scaling: float = setting(5.0, gt=0.0)
-    rep_window: int | None = setting(None, ge=1)
+    rep_window: int = setting(128, ge=1)
     eval_stride: int | None = setting(None, ge=1)
     batch_size: int = setting(64, ge=1)
     feature_cache: str | None = None
+    bootstrap_replicates: int = setting(200, ge=0)
 
     def cross_checks(self) -> list[Problem]:
         problems = [
@@ -161,6 +165,13 @@ class Evaluator:
             "block_size": self.block_size,
         }
         self.metrics = [get_metric(name) for name in cfg.metrics]
+        # The same prompt resamples in every cell (seeded by sample_seed): replicate r of two
+        # objectives scores the same prompts, so their differences are paired.
+        self.resamples = (
+            prompt_resamples(len(self.references), cfg.bootstrap_replicates, cfg.sample_seed)
+            if cfg.bootstrap_replicates and self.references
+            else None
+        )
 
     def _rows(self, metrics: list[Metric], decoding: str, inputs: EvalInputs):
         rows, fingerprints = [], []
@@ -173,7 +184,11 @@ class Evaluator:
             )
             for value in metric.compute(inputs):
                 metric.output(value.name)  # every value must be declared, so it has a meaning
-                rows.append(MetricRow(decoding, value.name, value.value, fp, value.warning))
+                rows.append(
+                    MetricRow(
+                        decoding, value.name, value.value, fp, value.warning, value.replicates
+                    )
+                )
         return rows, fingerprints
 
     def model_metrics(self) -> tuple[list[MetricRow], list[FingerprintRow]]:
@@ -186,6 +201,7 @@ class Evaluator:
             block_size=self.block_size,
             prompts=self.prompts.tolist(),
             references=self.references,
+            resamples=self.resamples,
         )
         return self._rows(metrics, "", inputs)
 
@@ -231,6 +247,7 @@ class Evaluator:
             prompts=self.prompts.tolist(),
             references=self.references,
             samples=samples,
+            resamples=self.resamples,
         )
         if any("features" in m.needs for m in metrics):
             # MAUVE collapses when the two sides differ in length (Pillutla et al. 2021, §5):

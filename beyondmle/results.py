@@ -20,6 +20,8 @@ Tables:
   relative to the results directory.
 - `cell_provenance`: facts about how a cell ran (key, value): the precision it trained in and
   why, the CPU.
+- `replicates`: a metric's values over the shared prompt resamples (a JSON list; replicate r
+  is the same prompts in every cell), for intervals over prompts and paired differences.
 - `cell_compute`: what training a cell cost (key, value): `train_flops` (forward and backward,
   extra passes, generation and an objective's own models included), `train_tokens` (the data's
   target tokens), `forward_tokens`, `generated_tokens`.
@@ -109,6 +111,13 @@ CREATE TABLE IF NOT EXISTS cell_provenance (
     key TEXT NOT NULL,
     value TEXT NOT NULL,
     PRIMARY KEY (cell_id, key)
+);
+CREATE TABLE IF NOT EXISTS replicates (
+    cell_id TEXT NOT NULL,
+    decoding TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    vals TEXT NOT NULL,
+    PRIMARY KEY (cell_id, decoding, metric)
 );
 CREATE TABLE IF NOT EXISTS cell_compute (
     cell_id TEXT NOT NULL,
@@ -360,7 +369,7 @@ class ResultsDB:
                 decoding = name.split(":")[1] if name.startswith("decode:") else None
                 c.execute("DELETE FROM steps WHERE cell_id = ? AND name = ?", (cell_id, name))
                 if decoding is not None:
-                    for table in ("metrics", "artifacts"):
+                    for table in ("metrics", "artifacts", "replicates"):
                         c.execute(
                             f"DELETE FROM {table} WHERE cell_id = ? AND decoding = ?",
                             (cell_id, decoding),
@@ -426,6 +435,12 @@ class ResultsDB:
                         m.warning,
                     ),
                 )
+            for m in metrics:
+                if m.replicates is not None:
+                    c.execute(
+                        "INSERT OR REPLACE INTO replicates VALUES (?, ?, ?, ?)",
+                        (cell_id, m.decoding, m.metric, json.dumps(list(m.replicates))),
+                    )
             for (decoding, kind), path in (artifacts or {}).items():
                 c.execute(
                     "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)",
@@ -440,7 +455,14 @@ class ResultsDB:
 
 
 # The tables whose rows belong to one cell, by `cell_id`.
-_CELL_TABLES = ("steps", "metrics", "artifacts", "cell_provenance", "cell_compute")
+_CELL_TABLES = (
+    "steps",
+    "metrics",
+    "artifacts",
+    "cell_provenance",
+    "cell_compute",
+    "replicates",
+)
 
 
 def merge(destination: str | Path, sources: list[str | Path]) -> ResultsDB:

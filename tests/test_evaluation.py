@@ -61,7 +61,9 @@ def test_fingerprint_is_stable_and_changes_with_every_input() -> None:
         ("distinct", "mauve_scaling", 2.0, False),
         ("perplexity", "eval_stride", 8, True),
         ("perplexity", "num_samples", 5, False),
-        ("continuation", "rep_window", 4, True),
+        ("repetition", "rep_window", 4, True),
+        ("continuation", "rep_window", 4, False),
+        ("distinct", "bootstrap_replicates", 50, False),
     ],
 )
 def test_fingerprints_change_with_the_settings_that_change_the_value_and_no_others(

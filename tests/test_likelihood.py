@@ -231,9 +231,8 @@ def test_continuation_scores_score_only_the_continuations_given_their_prompts(ba
     vocab = 12
     prompts = torch.tensor([[1, 2, 3], [5, 6, 7]])
     continuations = torch.tensor([[4, 5, 6, 9], [8, 9, 3, 4]])
-    result, predictions = continuation_scores(
-        NextIsPlusOne(vocab), prompts, continuations, batch_size=batch_size
-    )
+    scored = continuation_scores(NextIsPlusOne(vocab), prompts, continuations, batch_size)
+    result, predictions = scored.likelihood, scored.predictions
     # Predictions at the continuation positions are (previous token + 1).
     assert predictions.tolist() == [[4, 5, 6, 7], [8, 9, 10, 4]]
     hit = -math.log(math.exp(10) / (math.exp(10) + vocab - 1))
@@ -241,6 +240,15 @@ def test_continuation_scores_score_only_the_continuations_given_their_prompts(ba
     # Row 0: 4, 5, 6 predicted, 9 not. Row 1: 8, 9 predicted, 3 not, 4 predicted (after 3).
     assert result.tokens == 8
     assert result.nll == pytest.approx(6 * hit + 2 * miss, rel=1e-5)
+    assert scored.row_nll.tolist() == pytest.approx([3 * hit + miss, 3 * hit + miss], rel=1e-5)
+
+
+def test_stream_predictions_read_the_stream_in_windows_of_the_context():
+    from beyondmle.metrics.likelihood import stream_predictions
+
+    tokens = list(range(11))  # 10 predictions, windows of 4: positions 0-3, 4-7, 8-9
+    predicted = stream_predictions(NextIsPlusOne(12), tokens, block_size=4, batch_size=2)
+    assert predicted.tolist() == [t + 1 for t in range(10)]
 
 
 class LogitsOf(nn.Module):

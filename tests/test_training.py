@@ -54,7 +54,7 @@ num_samples = 8
 self_bleu_samples = 8
 eval_stride = 32
 batch_size = 4  # small batches of 10k-word logits are several times faster on CPU
-metrics = ["perplexity", "continuation", "distinct", "self_bleu", "seq_rep"]
+metrics = ["perplexity", "continuation", "repetition", "distinct", "self_bleu", "seq_rep"]
 """
 
 METRIC_NAMES = {

@@ -61,9 +61,14 @@ class Output:
 
 @dataclass(frozen=True)
 class MetricValue:
+    """A value, undefined (None) with the reason in `warning`, and optionally its replicates
+    over resampled prompts (one per row of `EvalInputs.resamples`), from which the report's
+    intervals cover the prompts as well as the seeds."""
+
     name: str
-    value: float | None  # None: undefined for these inputs, with the reason in `warning`
+    value: float | None
     warning: str | None = None
+    replicates: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -73,7 +78,9 @@ class EvalInputs:
     - model: the trained model (`beyondmle.api.CausalLM`); heldout: a `Corpus`;
     - samples: generated continuations as token lists; references: the human continuations
       (token lists, the same length as the samples), with `prompts` before them;
-    - p_features / q_features: sentence features of the human and generated continuations.
+    - p_features / q_features: sentence features of the human and generated continuations;
+    - resamples: counts (R, N) of each prompt in each of R prompt resamples, the same in every
+      cell (`beyondmle.metrics.resampling`); None when no replicates are asked for.
     """
 
     settings: dict
@@ -85,6 +92,7 @@ class EvalInputs:
     samples: list[list[int]] = field(default_factory=list)
     p_features: Any = None
     q_features: Any = None
+    resamples: Any = None
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,32 @@ import torch
 from beyondmle.api.metric import EvalInputs, MetricValue, Output, register_metric
 from beyondmle.metrics.distributional import fed, mauve
 from beyondmle.metrics.diversity import distinct_n, ngram_entropy, self_bleu, zipf_coefficient
-from beyondmle.metrics.likelihood import continuation_scores, perplexity
-from beyondmle.metrics.repetition import next_token_repetition, seq_rep_n
+from beyondmle.metrics.likelihood import continuation_scores, perplexity, stream_predictions
+from beyondmle.metrics.repetition import next_token_repetition, seq_rep_n, seq_rep_values
+from beyondmle.metrics.resampling import (
+    distinct_replicates,
+    entropy_replicates,
+    mean_replicates,
+    ratio_replicates,
+    zipf_replicates,
+)
 
 # Teacher-forced passes materialise (batch, T, V) logits; small batches keep them in cache,
 # which on CPU was ~4x faster than 64 windows at a time (PTB, 10k vocabulary).
 LIKELIHOOD_BATCH = 8
 # What changes a metric computed on the generated token lists alone.
 SAMPLE_SETTINGS = ("tokenizer", "num_samples", "continuation_tokens")
+
+
+def _tuple(replicates) -> tuple[float, ...] | None:
+    return None if replicates is None else tuple(float(x) for x in replicates)
+
+
+def _replicated(function, inputs: EvalInputs, *args) -> tuple[float, ...] | None:
+    """`function(samples, *args, resamples)` when replicates are asked for, else None."""
+    if inputs.resamples is None:
+        return None
+    return _tuple(function(inputs.samples, *args, inputs.resamples))
 
 
 @register_metric(
@@ -61,30 +79,49 @@ def perplexity_metric(inputs: EvalInputs) -> list[MetricValue]:
 
 @register_metric(
     "continuation",
-    version="1",
+    version="2",
     needs={"model", "references"},
     per_decoding=False,
-    settings=("tokenizer", "prompt_tokens", "continuation_tokens", "num_samples", "rep_window"),
+    settings=("tokenizer", "prompt_tokens", "continuation_tokens", "num_samples"),
+    outputs=[Output("nll_continuation", "continuation NLL", higher_is_better=False)],
+)
+def continuation_metric(inputs: EvalInputs) -> list[MetricValue]:
+    """Mean NLL per token of the human continuations given their prompts."""
+    prompts = torch.tensor(inputs.prompts)
+    references = torch.tensor(inputs.references)
+    scored = continuation_scores(inputs.model, prompts, references, LIKELIHOOD_BATCH)
+    value = scored.likelihood.nll / scored.likelihood.tokens
+    replicates = None
+    if inputs.resamples is not None:
+        lengths = [len(r) for r in inputs.references]
+        replicates = ratio_replicates(scored.row_nll.numpy(), lengths, inputs.resamples)
+    return [MetricValue("nll_continuation", value, replicates=_tuple(replicates))]
+
+
+@register_metric(
+    "repetition",
+    version="1",
+    needs={"model", "heldout"},
+    per_decoding=False,
+    settings=("tokenizer", "block_size", "rep_window"),
     outputs=[
-        Output("nll_continuation", "continuation NLL", higher_is_better=False),
         Output("rep", "rep", higher_is_better=False),
         Output("wrep", "wrep", higher_is_better=False),
         Output("uniq", "uniq", higher_is_better=True, format=",.0f"),
     ],
 )
-def continuation_metric(inputs: EvalInputs) -> list[MetricValue]:
-    """NLL of the human continuations given their prompts, and rep / wrep / uniq of the
-    teacher-forced next-token predictions, the window being the model's context."""
-    prompts = torch.tensor(inputs.prompts)
-    references = torch.tensor(inputs.references)
-    nll, predictions = continuation_scores(inputs.model, prompts, references, LIKELIHOOD_BATCH)
-    contexts = torch.cat([prompts, references], 1).tolist()
-    window = inputs.settings["rep_window"] or inputs.block_size
-    rep = next_token_repetition(predictions.tolist(), inputs.references, contexts, window)
-    return [
-        MetricValue("nll_continuation", nll.nll / nll.tokens),
-        *(MetricValue(name, float(value)) for name, value in rep.items()),
-    ]
+def repetition_metric(inputs: EvalInputs) -> list[MetricValue]:
+    """rep/l, wrep/l and uniq as Welleck et al. (2020, §6, Table 2) score them: the model reads
+    the whole test stream in windows of its context and predicts each next token (argmax);
+    rep/l is the share of predictions found among the l previous gold tokens of the stream
+    (l = `rep_window`, 128 as theirs), wrep/l the share both wrong and repeated, uniq the
+    distinct predictions. The test split is the whole population here, not a sample of it, so
+    these vary over seeds only."""
+    tokens = inputs.heldout.stream("test")
+    predictions = stream_predictions(inputs.model, tokens, inputs.block_size, LIKELIHOOD_BATCH)
+    window = inputs.settings["rep_window"]
+    rep = next_token_repetition([predictions.tolist()], [tokens[1:]], [tokens], window)
+    return [MetricValue(name, float(value)) for name, value in rep.items()]
 
 
 @register_metric(
@@ -96,7 +133,14 @@ def continuation_metric(inputs: EvalInputs) -> list[MetricValue]:
     outputs=[Output(f"distinct_{n}", f"distinct-{n}", higher_is_better=True) for n in range(1, 5)],
 )
 def distinct_metric(inputs: EvalInputs) -> list[MetricValue]:
-    return [MetricValue(f"distinct_{n}", distinct_n(inputs.samples, n)) for n in range(1, 5)]
+    return [
+        MetricValue(
+            f"distinct_{n}",
+            distinct_n(inputs.samples, n),
+            replicates=_replicated(distinct_replicates, inputs, n),
+        )
+        for n in range(1, 5)
+    ]
 
 
 @register_metric(
@@ -110,14 +154,18 @@ def distinct_metric(inputs: EvalInputs) -> list[MetricValue]:
 def self_bleu_metric(inputs: EvalInputs) -> list[MetricValue]:
     """Self-BLEU-4 on a fixed-size subset drawn with a fixed seed, so values compare across
     cells whatever the number of generations."""
-    samples = inputs.samples
     k = inputs.settings["self_bleu_samples"]
-    if len(samples) > k:
-        samples = random.Random(inputs.settings["sample_seed"]).sample(samples, k)
+    chosen = list(range(len(inputs.samples)))
+    if len(chosen) > k:
+        chosen = random.Random(inputs.settings["sample_seed"]).sample(chosen, k)
     warning = None
-    if len(samples) < k:
-        warning = f"Self-BLEU-4 on {len(samples)} samples, fewer than the {k} asked for"
-    return [MetricValue("self_bleu_4", self_bleu(samples, 4), warning)]
+    if len(chosen) < k:
+        warning = f"Self-BLEU-4 on {len(chosen)} samples, fewer than the {k} asked for"
+    value, per_sample = self_bleu([inputs.samples[i] for i in chosen], 4, per_sample=True)
+    replicates = None
+    if inputs.resamples is not None:  # each sample's leave-one-out BLEU, resampled
+        replicates = mean_replicates(per_sample, inputs.resamples[:, chosen])
+    return [MetricValue("self_bleu_4", value, warning, _tuple(replicates))]
 
 
 @register_metric(
@@ -129,7 +177,11 @@ def self_bleu_metric(inputs: EvalInputs) -> list[MetricValue]:
     outputs=[Output("seq_rep_4", "seq-rep-4", higher_is_better=False)],
 )
 def seq_rep_metric(inputs: EvalInputs) -> list[MetricValue]:
-    return [MetricValue("seq_rep_4", seq_rep_n(inputs.samples, 4))]
+    values = seq_rep_values(inputs.samples, 4)
+    replicates = None
+    if inputs.resamples is not None:
+        replicates = mean_replicates(values, inputs.resamples)
+    return [MetricValue("seq_rep_4", seq_rep_n(inputs.samples, 4), replicates=_tuple(replicates))]
 
 
 @register_metric(
@@ -141,7 +193,8 @@ def seq_rep_metric(inputs: EvalInputs) -> list[MetricValue]:
     outputs=[Output("entropy_4", "entropy-4", higher_is_better=True)],
 )
 def entropy_metric(inputs: EvalInputs) -> list[MetricValue]:
-    return [MetricValue("entropy_4", ngram_entropy(inputs.samples, 4))]
+    replicates = _replicated(entropy_replicates, inputs, 4)
+    return [MetricValue("entropy_4", ngram_entropy(inputs.samples, 4), replicates=replicates)]
 
 
 @register_metric(
@@ -157,7 +210,8 @@ def zipf_metric(inputs: EvalInputs) -> list[MetricValue]:
     degenerate greedy continuations can."""
     if len({token for sample in inputs.samples for token in sample}) < 2:
         return [MetricValue("zipf", None, "Zipf coefficient undefined: one distinct token")]
-    return [MetricValue("zipf", zipf_coefficient(inputs.samples))]
+    replicates = _replicated(zipf_replicates, inputs)
+    return [MetricValue("zipf", zipf_coefficient(inputs.samples), replicates=replicates)]
 
 
 @register_metric(

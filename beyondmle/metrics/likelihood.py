@@ -121,27 +121,63 @@ def _summed_nll(
     ).item()
 
 
+@dataclass(frozen=True)
+class Continuations:
+    """A teacher-forced pass over prompt + human continuation: the NLL of the continuations
+    (`likelihood`), each row's summed NLL (N,) and the argmax next-token predictions (N, m)."""
+
+    likelihood: Likelihood
+    row_nll: torch.Tensor
+    predictions: torch.Tensor
+
+
 @torch.no_grad()
 def continuation_scores(
     model: torch.nn.Module, prompts: torch.Tensor, continuations: torch.Tensor, batch_size: int = 64
-) -> tuple[Likelihood, torch.Tensor]:
-    """Teacher-forced pass over prompt + human continuation.
-
-    Returns the NLL of the continuations given their prompts, and the model's argmax next-token
-    predictions at each continuation position (N, m), for rep / wrep / uniq (Welleck et al. 2020,
-    §6).
-    """
+) -> Continuations:
+    """Teacher-forced pass over prompt + human continuation: the NLL of the continuations given
+    their prompts, per row and in total, and the model's argmax prediction at each
+    continuation position (N, m)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     k = prompts.size(1)
-    nll, predictions = 0.0, []
+    rows, predictions = [], []
     for i in range(0, prompts.size(0), batch_size):
         seq = torch.cat([prompts[i : i + batch_size], continuations[i : i + batch_size]], 1)
         seq = seq.to(device)
         logits = model(seq[:, :-1]).float()[:, k - 1 :]  # predictions of the continuation
         target = seq[:, k:]
-        nll += F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum").item()
+        nll = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # (b, m)
+        rows.append(nll.sum(dim=1).double().cpu())
         predictions.append(logits.argmax(-1).cpu())
     model.train(was_training)
-    return Likelihood(nll=nll, tokens=continuations.numel()), torch.cat(predictions)
+    row_nll = torch.cat(rows)
+    total = Likelihood(nll=float(row_nll.sum()), tokens=continuations.numel())
+    return Continuations(total, row_nll, torch.cat(predictions))
+
+
+@torch.no_grad()
+def stream_predictions(
+    model: torch.nn.Module, tokens: list[int] | torch.Tensor, block_size: int, batch_size: int = 8
+) -> torch.Tensor:
+    """The model's argmax prediction of every token of a stream but the first (n - 1,), read in
+    consecutive windows of `block_size` tokens, as Welleck et al. (2020) read WikiText-103 in
+    blocks of 1,536 tokens to score rep, wrep and uniq (§6, Table 2)."""
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    starts = list(range(0, tokens.numel() - 1, block_size))
+    for i in range(0, len(starts), batch_size):
+        group = [tokens[s : s + block_size] for s in starts[i : i + batch_size]]
+        group = [g for g in group if g.numel()]
+        width = max(g.numel() for g in group)
+        inputs = torch.zeros(len(group), width, dtype=torch.long)
+        for row, g in enumerate(group):
+            inputs[row, : g.numel()] = g
+        argmax = model(inputs.to(device)).argmax(-1).cpu()
+        out += [argmax[row, : g.numel()] for row, g in enumerate(group)]
+    model.train(was_training)
+    return torch.cat(out)[: tokens.numel() - 1]

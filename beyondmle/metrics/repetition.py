@@ -22,6 +22,12 @@ def _repeated_fraction(sample: Sample, n: int) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
+def seq_rep_values(samples: Sequence[Sample], n: int = 4) -> list[float]:
+    """seq-rep-n of each continuation (see `seq_rep_n`), for resampling."""
+    _check_order(n)
+    return [_repeated_fraction(sample, n) for sample in samples]
+
+
 def seq_rep_n(samples: Sequence[Sample], n: int = 4) -> float:
     """seq-rep-n: the fraction of a continuation's n-grams that repeat an earlier one, averaged.
 
@@ -85,6 +91,23 @@ def _repeat_flags(predicted: Sample, context: Sample, window: int) -> list[bool]
     return flags
 
 
+def repetition_counts(
+    predictions: Sequence[Sample],
+    targets: Sequence[Sample],
+    contexts: Sequence[Sample],
+    window: int,
+) -> list[tuple[int, int, int]]:
+    """(positions, repeats, wrong repeats) of each sequence (see `next_token_repetition`)."""
+    _check_alignment(predictions, targets, contexts, window)
+    out = []
+    for predicted, target, context in zip(predictions, targets, contexts, strict=True):
+        flags = _repeat_flags(predicted, context, window)
+        repeats = sum(flags)
+        wrong = sum(f and p != g for f, p, g in zip(flags, predicted, target, strict=True))
+        out.append((len(predicted), repeats, wrong))
+    return out
+
+
 def next_token_repetition(
     predictions: Sequence[Sample],
     targets: Sequence[Sample],
@@ -112,17 +135,11 @@ def next_token_repetition(
       `repeat_at_1`), so wrep <= rep and the values compare with their Table 2;
     - "uniq": the number of distinct predicted tokens over all sequences.
     """
-    _check_alignment(predictions, targets, contexts, window)
-    positions = repeats = wrong_repeats = 0
-    predicted_tokens: set[Hashable] = set()
-    for predicted, target, context in zip(predictions, targets, contexts, strict=True):
-        predicted_tokens.update(predicted)
-        for token, gold, repeated in zip(
-            predicted, target, _repeat_flags(predicted, context, window), strict=True
-        ):
-            positions += 1
-            repeats += repeated
-            wrong_repeats += repeated and token != gold
+    counts = repetition_counts(predictions, targets, contexts, window)
+    positions = sum(c[0] for c in counts)
+    repeats = sum(c[1] for c in counts)
+    wrong_repeats = sum(c[2] for c in counts)
+    predicted_tokens: set[Hashable] = {token for predicted in predictions for token in predicted}
     if positions == 0:
         raise ValueError("next_token_repetition needs at least one predicted position, got none")
     return {
