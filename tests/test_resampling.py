@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from beyondmle.metrics import distinct_n, ngram_entropy, seq_rep_n, zipf_coefficient
+from beyondmle.metrics.repetition import seq_rep_values
 from beyondmle.metrics.resampling import (
     distinct_replicates,
     entropy_replicates,
@@ -18,7 +19,6 @@ from beyondmle.metrics.resampling import (
     union_replicates,
     zipf_replicates,
 )
-from beyondmle.metrics.repetition import seq_rep_values
 
 
 @pytest.fixture(scope="module")
