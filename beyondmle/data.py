@@ -10,6 +10,7 @@ the same length, which MAUVE needs.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import lightning as L
@@ -74,18 +75,34 @@ def check_corpus_fits(corpus: Corpus, block_size: int, window: int) -> None:
             )
 
 
+def derive_seed(seed: int, purpose: str) -> int:
+    """An independent seed for one use of a cell's seed (data order, initialisation, training
+    noise, the objective's own draws), so that no use shifts another's random stream."""
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63)
+
+
 class LanguageDataModule(L.LightningDataModule):
     """Training blocks of the train split; validation blocks of the valid split for the loss
     curve (the exact held-out perplexity is computed after training, see `evaluation`)."""
 
     def __init__(
-        self, corpus: Corpus, block_size: int, batch_size: int, max_val_blocks: int = 64
+        self,
+        corpus: Corpus,
+        block_size: int,
+        batch_size: int,
+        max_val_blocks: int = 64,
+        order_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.corpus = corpus
         self.block_size = block_size
         self.batch_size = batch_size
         self.max_val_blocks = max_val_blocks
+        # The data order has its own generator: whatever else draws random numbers (a
+        # discriminator's initialisation, dropout), two objectives under one seed see the same
+        # batches in the same order. None: torch's global generator.
+        self.order_seed = order_seed
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = TokenBlocks(self.corpus.stream("train"), self.block_size)
@@ -93,10 +110,14 @@ class LanguageDataModule(L.LightningDataModule):
         self.val_set = TokenBlocks(val, min(self.block_size, len(val) - 1))
 
     def train_dataloader(self) -> DataLoader:
+        generator = None
+        if self.order_seed is not None:
+            generator = torch.Generator().manual_seed(self.order_seed)
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
             shuffle=True,
+            generator=generator,
             drop_last=len(self.train_set) >= self.batch_size,
         )
 

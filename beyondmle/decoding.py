@@ -170,6 +170,13 @@ def sample_nucleus(probs: torch.Tensor, top_p: float, generator=None) -> torch.T
     return out
 
 
+def uniform(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
+    """U(0, 1) draws from `generator` (global when None), made where the generator lives and
+    moved to `device`: a CPU generator can then drive draws for a GPU model."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, dtype=dtype, device=where).to(device)
+
+
 def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
     """One draw per row (B,) from the categorical distributions `probs` (B, V), by inverse CDF.
 
@@ -192,7 +199,7 @@ def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
     total = cdf[:, -1:].contiguous()  # (B, 1)
     if not bool(torch.isfinite(total).all() and (total > 0).all()):
         raise RuntimeError("probabilities must be finite and not all zero")
-    u = torch.rand(B, 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * total
+    u = uniform((B, 1), generator, cdf.device, cdf.dtype) * total
     # The first block whose cumulative mass exceeds u; u can round up to the total itself,
     # and then it is the last block with mass. Likewise within the block.
     block = torch.minimum(

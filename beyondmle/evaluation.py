@@ -202,6 +202,8 @@ class Evaluator:
             prompts=self.prompts.tolist(),
             references=self.references,
             resamples=self.resamples,
+            oracle=getattr(self.corpus, "oracle", None),
+            bos=self.corpus.tokenizer.eos_id,
         )
         return self._rows(metrics, "", inputs)
 
@@ -248,7 +250,12 @@ class Evaluator:
             references=self.references,
             samples=samples,
             resamples=self.resamples,
+            decoding=decoding,
+            bos=self.corpus.tokenizer.eos_id,
         )
+        if any("model" in m.needs or "oracle" in m.needs for m in metrics):
+            inputs.model = self.model
+            inputs.oracle = getattr(self.corpus, "oracle", None)
         if any("features" in m.needs for m in metrics):
             # MAUVE collapses when the two sides differ in length (Pillutla et al. 2021, §5):
             # each human continuation is cut to the length of the generation it is compared to.

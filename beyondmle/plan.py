@@ -86,7 +86,10 @@ def probe_training(cell: Cell, corpus: Corpus, precision: str) -> Probe:
             asdict(training),
             asdict(corpus.tokenizer.special),
         )
-        module.steps_done.fill_(int(point * module.total_steps))
+        if training.by_flops:
+            module.flops_done.fill_(point * training.budget_flops)
+        else:
+            module.steps_done.fill_(int(point * module.total_steps))
         timer = _StepTimer(PROBE_STEPS)
         with tempfile.TemporaryDirectory() as out:
             trainer = build_trainer(
@@ -166,10 +169,11 @@ def make_plan(
         if key not in evals:
             evals[key] = probe_evaluation(spec, cell, corpus, console)
         probe = probes[variant]
-        steps = cell.training.total_steps(cell.model.get("block_size", ModelConfig.block_size))
-        tokens = steps * cell.training.tokens_per_step(
-            cell.model.get("block_size", ModelConfig.block_size)
-        )
+        block = cell.model.get("block_size", ModelConfig.block_size)
+        steps = cell.training.total_steps(block)
+        if cell.training.by_flops:  # as many steps as the FLOP budget buys
+            steps = max(1, round(cell.training.budget_flops / probe.flops_per_step))
+        tokens = steps * cell.training.tokens_per_step(block)
         plans.append(
             CellPlan(
                 cell,

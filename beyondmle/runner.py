@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import TextIO
 
 import lightning as L
+import torch
 
 from beyondmle.api import Corpus, ObjectiveDiverged, load_corpus
 from beyondmle.cells import Cell, expand, select_shard
 from beyondmle.console import NORMAL, VERBOSE, RunConsole, captured_stderr
-from beyondmle.data import LanguageDataModule, check_corpus_fits
+from beyondmle.data import LanguageDataModule, check_corpus_fits, derive_seed
 from beyondmle.evaluation import Evaluator, metric_info, sample_file_name
 from beyondmle.model import ModelConfig
 from beyondmle.paths import atomic_write_text
@@ -119,7 +120,7 @@ def run_spec(
         worker = worker_id(run_id)
         db.start_run(run_id, spec.path, spec.text, git_commit(), package_versions())
         db.record_metric_info(metric_info(spec.evaluation.metrics))
-        for cell in cells:
+        for cell in [c.base for c in cells if c.base is not None] + cells:
             db.register_cell(
                 cell.id, cell.config, cell.corpus.name, cell.objective.label, cell.seed
             )
@@ -163,6 +164,15 @@ def _run_one(
 ) -> None:
     """Claim, train, evaluate and record one cell; a crash is recorded, never raised."""
     label = f"{cell.describe()} ({cell.id})"
+    if cell.base is not None and not _base_ready(
+        cell, spec, corpora, db, run_id, worker, out_dir, console, summary, retry_failed
+    ):
+        reason = f"its base cell {cell.base.id} failed; run again with --retry-failed"
+        if db.claim(cell.id, worker, retry_failed):
+            db.fail_cell(cell.id, run_id, reason)
+            summary.failed[cell.id] = reason
+        console.cell(index, label, f"FAILED: {reason}")
+        return
     if not db.claim(cell.id, worker, retry_failed):
         summary.skipped.append(cell.id)
         console.cell(index, label, f"skipped ({db.cell_status(cell.id)})")
@@ -248,6 +258,42 @@ def _heal_or_fail(
     )
     db.fail_cell(cell.id, run_id, reason)
     console.warn("results", f"cell {cell.id}: {reason}")
+
+
+BASE_POLL_SECONDS = 5.0
+
+
+def _base_ready(
+    cell: Cell,
+    spec: Spec,
+    corpora: dict[str, Corpus],
+    db: ResultsDB,
+    run_id: str,
+    worker: str,
+    out_dir: Path,
+    console: RunConsole,
+    summary: RunSummary,
+    retry_failed: bool,
+) -> bool:
+    """Make sure a fine-tuning cell's base is trained: done already, trained here now (also
+    when another shard listed it), or awaited while another runner trains it. False when the
+    base failed."""
+    base = cell.base
+    waiting = False
+    while True:
+        status = db.cell_status(base.id)
+        if status == "done":
+            return True
+        if status == "failed" and not retry_failed:
+            return False
+        if db.claim(base.id, worker, retry_failed):
+            db.release(base.id)
+            _run_one(0, base, spec, corpora, db, run_id, worker, out_dir, console, summary, True)
+            continue
+        if not waiting:
+            console.cell(0, f"{base.describe()} ({base.id})", "waiting for another runner")
+            waiting = True
+        time.sleep(BASE_POLL_SECONDS)
 
 
 def _failure_reason(e: Exception) -> str:
@@ -350,8 +396,14 @@ def train(
 ) -> dict[str, float]:
     """Train a cell's model to its token budget, write `model.ckpt` atomically, and return
     what training cost (`ObjectiveModule.compute_spent`)."""
-    L.seed_everything(cell.seed, workers=True, verbose=False)
+    # Separate streams (`derive_seed`): the initialisation, the data order, the objective's own
+    # draws and the training noise (dropout) of two objectives under one seed do not depend on
+    # what the other objective draws, so their comparison is paired by construction.
+    torch.manual_seed(derive_seed(cell.seed, "model-init"))
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)
+    init = None
+    if cell.base is not None:
+        init = str(cell_dir.parent / cell.base.id / "model.ckpt")
     module = ObjectiveModule(
         model_config=asdict(model_config),
         objective=cell.objective.name,
@@ -360,8 +412,16 @@ def train(
         special=asdict(corpus.tokenizer.special),
         corpus=cell.config["corpus"],
         tokenizer_json=corpus.tokenizer.to_json(),
+        seed=cell.seed,
+        init_checkpoint=init,
     )
-    data = LanguageDataModule(corpus, model_config.block_size, cell.training.batch_size)
+    data = LanguageDataModule(
+        corpus,
+        model_config.block_size,
+        cell.training.batch_size,
+        order_seed=derive_seed(cell.seed, "data-order"),
+    )
+    L.seed_everything(derive_seed(cell.seed, "training") % 2**32, workers=True, verbose=False)
     last_beat = [time.monotonic()]
     tokens_per_step = cell.training.tokens_per_step(model_config.block_size)
     started: list[tuple[float, int]] = []
@@ -394,7 +454,7 @@ def train(
     finally:
         if earlier is not None:
             _stitch_log(earlier, log)
-    if int(module.steps_done) < module.total_steps:
+    if not module.budget_spent():
         raise CellInterrupted(
             f"training of cell {cell.id} stopped at step {int(module.steps_done)} of "
             f"{module.total_steps}; run the same command again to resume"

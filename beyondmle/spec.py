@@ -38,11 +38,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beyondmle.api import CORPORA, OBJECTIVES, Problem, build_settings
+from beyondmle.api import CORPORA, METRICS, OBJECTIVES, Problem, build_settings
 from beyondmle.decoding import DecodingConfig
 from beyondmle.evaluation import EvaluationConfig
 from beyondmle.model import ModelConfig
-from beyondmle.settings import NOTHING, matches, type_name
+from beyondmle.settings import NOTHING, Settings, matches, setting, type_name
 from beyondmle.training import TrainingConfig
 
 
@@ -81,6 +81,22 @@ class CorpusSpec:
     settings: dict
 
 
+REGIMES = ("from_scratch", "finetune")
+
+
+@dataclass(frozen=True)
+class Regime(Settings):
+    """The spec's `[regime]` table. `from_scratch`: every objective trains a fresh model.
+    `finetune`: a shared MLE base (its training in `[base]`) is trained once per corpus and
+    model, or once per seed (`base_per_seed`), and every objective, MLE included as the
+    control, fine-tunes from it under `[training]`. With one base (`base_seed`) the intervals
+    cover the fine-tuning seeds only; with one per seed, the base's seed too."""
+
+    kind: str = setting("from_scratch", choices=REGIMES)
+    base_per_seed: bool = False
+    base_seed: int = 0
+
+
 @dataclass(frozen=True)
 class Spec:
     path: str
@@ -93,6 +109,8 @@ class Spec:
     objectives: tuple[ObjectiveVariant, ...]
     decodings: tuple[DecodingConfig, ...]
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    regime: Regime = field(default_factory=Regime)
+    base_training: TrainingConfig | None = None
 
 
 DECODING_KEYS = {
@@ -101,7 +119,17 @@ DECODING_KEYS = {
     "top_p": list[float],
     "top_k": list[int],
 }
-TOP_LEVEL = {"benchmark", "corpus", "model", "training", "objective", "decoding", "evaluation"}
+TOP_LEVEL = {
+    "benchmark",
+    "corpus",
+    "model",
+    "training",
+    "objective",
+    "decoding",
+    "evaluation",
+    "regime",
+    "base",
+}
 
 
 def _issues(where: str, problems: list[Problem]) -> list[SpecIssue]:
@@ -188,7 +216,23 @@ def _model(data: dict, issues: list[SpecIssue]) -> dict:
     return table
 
 
-def _objectives(data: dict, issues: list[SpecIssue]) -> list[ObjectiveVariant]:
+def _regime(data: dict, issues: list[SpecIssue]) -> tuple[Regime, TrainingConfig | None]:
+    regime = _build(Regime, _table(data, "regime", issues), "regime", issues) or Regime()
+    base = None
+    if regime.kind == "finetune":
+        if "base" not in data:
+            issues.append(
+                SpecIssue("[base]", "a table: the MLE base's [training] (regime finetune)")
+            )
+        base = _build(TrainingConfig, _table(data, "base", issues), "base", issues)
+    elif "base" in data:
+        issues.append(SpecIssue("[base]", "no table unless [regime] kind = 'finetune'"))
+    return regime, base
+
+
+def _objectives(
+    data: dict, issues: list[SpecIssue], finetune: bool = False
+) -> list[ObjectiveVariant]:
     out = []
     for i, table in enumerate(_tables(data, "objective", issues)):
         where = f"objective[{i}]"
@@ -227,8 +271,10 @@ def _objectives(data: dict, issues: list[SpecIssue]) -> list[ObjectiveVariant]:
                     issues.append(issue)
             if settings is None:
                 continue
-            if cls.warm_start and not (
-                settings.warm_start_fraction > 0 or settings.warm_start_checkpoint
+            if (
+                cls.warm_start
+                and not finetune
+                and not (settings.warm_start_fraction > 0 or settings.warm_start_checkpoint)
             ):
                 issues.append(
                     SpecIssue(
@@ -291,7 +337,8 @@ def parse_spec(path: str | Path) -> Spec:
     model = _model(data, issues)
     training = _build(TrainingConfig, _table(data, "training", issues), "training", issues)
     evaluation = _build(EvaluationConfig, _table(data, "evaluation", issues), "evaluation", issues)
-    objectives = _objectives(data, issues)
+    regime, base_training = _regime(data, issues)
+    objectives = _objectives(data, issues, finetune=regime.kind == "finetune")
     decodings = _decodings(data, issues)
     if evaluation is not None and model.get("block_size", ModelConfig.block_size) < (
         evaluation.prompt_tokens + evaluation.continuation_tokens
@@ -303,6 +350,23 @@ def parse_spec(path: str | Path) -> Spec:
                 evaluation.prompt_tokens + evaluation.continuation_tokens,
             )
         )
+    if evaluation is not None:
+        for i, corpus in enumerate(corpora):
+            cls = CORPORA.get(corpus.name)
+            settings, _ = build_settings(cls.Settings, corpus.settings)
+            if settings is not None:
+                issues += _issues(f"corpus[{i}]", cls.check_with(settings, evaluation, model))
+            if not getattr(cls, "has_oracle", False):
+                for metric in evaluation.metrics:
+                    if "oracle" in METRICS.get(metric).needs:
+                        issues.append(
+                            SpecIssue(
+                                "evaluation.metrics",
+                                f"metrics a corpus can give: {metric!r} needs an oracle corpus "
+                                f"(corpus[{i}] is {corpus.name!r})",
+                                metric,
+                            )
+                        )
     if issues:
         raise SpecError(path, issues)
     return Spec(
@@ -316,4 +380,6 @@ def parse_spec(path: str | Path) -> Spec:
         objectives=tuple(objectives),
         decodings=tuple(decodings),
         evaluation=evaluation,
+        regime=regime,
+        base_training=base_training,
     )

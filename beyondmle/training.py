@@ -35,10 +35,16 @@ from beyondmle.api import (
     get_objective,
     setting,
 )
+from beyondmle.data import derive_seed
 from beyondmle.model import GPT, Compute, ModelConfig
 from beyondmle.precision import choose_precision
 from beyondmle.tokenization import Tokenizer, tokenizer_from_json
 
+OWN_MODEL_OPTIMIZER = "model (objective's own)"
+# "tokens": every objective trains on the same data; "flops": on the same compute
+# (`budget_flops`, counted by `beyondmle.model.Compute`), however many tokens that takes.
+BUDGETS = ("tokens", "flops")
+TF_NLL_EVERY = 10  # steps between measurements of the batch's teacher-forced NLL
 PRECISIONS = ("auto", "bf16-mixed", "16-mixed", "32-true", "bf16-true", "64-true")
 
 
@@ -65,15 +71,23 @@ class TrainingConfig(Settings):
     devices: int = setting(1, ge=1)
     strategy: str = "auto"
     loggers: list[str] = setting(default_factory=list)
+    budget: str = setting("tokens", choices=BUDGETS)
+    budget_flops: float | None = setting(None, gt=0.0)
 
     def cross_checks(self) -> list[Problem]:
         problems = []
+        if self.budget == "flops" and self.budget_flops is None:
+            problems.append(Problem("budget_flops", "a number of FLOPs (budget = 'flops')"))
         for name in self.loggers:
             if name not in LOGGERS:
                 problems.append(Problem("loggers", f"names among {', '.join(LOGGERS)}", name))
             elif not LOGGERS[name]():
                 problems.append(Problem("loggers", LOGGER_NEEDS[name], name))
         return problems
+
+    @property
+    def by_flops(self) -> bool:
+        return self.budget == "flops"
 
     def tokens_per_step(self, block_size: int) -> int:
         return self.batch_size * block_size * self.devices
@@ -132,6 +146,8 @@ class ObjectiveModule(L.LightningModule):
         special: dict,
         corpus: dict | None = None,
         tokenizer_json: str | None = None,
+        seed: int = 0,
+        init_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_json"])
@@ -142,6 +158,9 @@ class ObjectiveModule(L.LightningModule):
         settings = cls.Settings(**objective_settings)
         special_tokens = SpecialTokens(**special)
         self.objective = cls(settings, self.model.info, special_tokens)
+        # The objective's own draws (masks, noise, samples) come from this generator, saved
+        # with the checkpoint, never from torch's global one (see `Objective.generator`).
+        self.objective.generator.manual_seed(derive_seed(seed, "objective"))
         # Warm starts train with the registered MLE objective itself (default settings).
         mle = get_objective("mle")
         self.warm_objective = mle(mle.Settings(), self.model.info, special_tokens)
@@ -175,12 +194,15 @@ class ObjectiveModule(L.LightningModule):
         }
 
     def on_fit_start(self) -> None:
-        path = self.objective.settings.warm_start_checkpoint
+        # A fine-tuning cell starts from its base; an objective may name its own warm start.
+        path = self.hparams.init_checkpoint or self.objective.settings.warm_start_checkpoint
         if path and int(self.steps_done) == 0:
             model, _, _ = load_model(path, map_location=str(self.device))
             self.model.load_state_dict(model.state_dict())
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        if int(self.steps_done) % TF_NLL_EVERY == 0:
+            self.log("train/tf_nll", self.teacher_forced_nll(batch), batch_size=batch.size(0))
         models = self.counted_models()
         for m in models:
             m.compute.reset()
@@ -190,11 +212,45 @@ class ObjectiveModule(L.LightningModule):
         self.generated_tokens_done += sum(m.compute.generated_tokens for m in models)
         return loss
 
+    @torch.no_grad()
+    def teacher_forced_nll(self, batch: torch.Tensor) -> torch.Tensor:
+        """The NLL of the batch's next tokens given the gold prefix, before this step's update
+        and without dropout: the one training curve every objective shares with MLE (an
+        objective's own loss measures different things). Not counted as training compute."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.model.next_token_loss(self.model.hidden_states(batch[:, :-1]), batch[:, 1:])
+        finally:
+            self.model.train(was_training)
+
+    def budget_progress(self) -> float:
+        """The share of the budget spent: tokens (steps) or FLOPs."""
+        cfg = self.training_config
+        if cfg.by_flops:
+            return min(1.0, float(self.flops_done) / cfg.budget_flops)
+        return min(1.0, int(self.steps_done) / self.total_steps)
+
+    def budget_spent(self) -> bool:
+        if self.training_config.by_flops:
+            return float(self.flops_done) >= self.training_config.budget_flops
+        return int(self.steps_done) >= self.total_steps
+
+    def state_at(self, step: int) -> tuple[bool, TrainingState]:
+        """Whether `step` is in the warm start, and the objective's view of it: progress over
+        the objective's own share of the budget (steps, or FLOPs spent so far)."""
+        if self.training_config.by_flops:
+            f = self.objective.settings.warm_start_fraction
+            spent = self.budget_progress()
+            return spent < f, TrainingState(step=step, progress=max(0.0, (spent - f) / (1 - f)))
+        own_steps = max(1, self.total_steps - self.warm_steps)
+        progress = max(0.0, (step - self.warm_steps) / own_steps)
+        return step < self.warm_steps, TrainingState(step=step, progress=progress)
+
     def _training_step(self, batch: torch.Tensor) -> torch.Tensor | None:
         step = int(self.steps_done)
-        in_warm_start = step < self.warm_steps
-        own_steps = max(1, self.total_steps - self.warm_steps)
-        state = TrainingState(step=step, progress=max(0.0, (step - self.warm_steps) / own_steps))
+        in_warm_start, state = self.state_at(step)
+        self._state = (in_warm_start, state)
         if in_warm_start:
             out = self.warm_objective.loss(self.model, batch, state)
             loss, logs = out.loss, out.logs
@@ -212,6 +268,22 @@ class ObjectiveModule(L.LightningModule):
         self._log_step(loss, logs, batch.size(0))
         return loss if self.automatic_optimization else None
 
+    def lr_factor(self, step: int) -> float:
+        """The model's learning rate at `step` over the spec's `lr`: the objective's own
+        schedule in its own phase where it has one, else warmup-cosine over the budget."""
+        cfg = self.training_config
+        in_warm_start, state = self.state_at(step)
+        own = None if in_warm_start else self.objective.learning_rate(state)
+        if own is not None:
+            return own / cfg.lr
+        if cfg.by_flops:  # the same schedule over the share of FLOPs spent
+            spent = self.budget_progress()
+            return cosine_with_warmup(
+                spent * 10**6, 10**6, max(1, cfg.warmup_fraction * 10**6), cfg.min_lr_ratio
+            )
+        warmup = max(1, int(cfg.warmup_fraction * self.total_steps))
+        return cosine_with_warmup(step, self.total_steps, warmup, cfg.min_lr_ratio)
+
     def _log_step(self, loss: torch.Tensor | None, logs: dict, batch_size: int) -> None:
         tokens = int(self.steps_done) * self.training_config.tokens_per_step(
             self.model_config.block_size
@@ -225,10 +297,18 @@ class ObjectiveModule(L.LightningModule):
             self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=batch_size)
 
     def _manual(self, name: str, loss: torch.Tensor) -> None:
-        """One update of optimizer `name` under manual optimization (see `Optimizers`)."""
+        """One update of optimizer `name` under manual optimization (see `Optimizers`). In the
+        objective's own phase "model" is its own model optimizer, if it declared one."""
         names = ["model", *self._extra_names]
+        in_warm_start, state = self._state
+        if name == "model" and self._own_model_optimizer and not in_warm_start:
+            name = OWN_MODEL_OPTIMIZER
         opts = self.optimizers()
         opt = opts[names.index(name)] if isinstance(opts, list) else opts
+        if name == OWN_MODEL_OPTIMIZER:
+            own_lr = self.objective.learning_rate(state)
+            for group in opt.optimizer.param_groups if hasattr(opt, "optimizer") else []:
+                group["lr"] = own_lr if own_lr is not None else group["initial_lr_own"]
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         clip = self.training_config.grad_clip
@@ -244,7 +324,7 @@ class ObjectiveModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=batch.size(0))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if int(self.steps_done) >= self.total_steps:
+        if self.budget_spent():
             self.trainer.should_stop = True
 
     def configure_optimizers(self):
@@ -259,14 +339,24 @@ class ObjectiveModule(L.LightningModule):
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
         )
-        warmup = max(1, int(cfg.warmup_fraction * self.total_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda s: cosine_with_warmup(s, self.total_steps, warmup, cfg.min_lr_ratio),
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         extra = self.objective.configure_optimizers(cfg.lr, cfg.weight_decay)
-        if "model" in extra:
-            raise ValueError(f"objective {self.hparams.objective!r} names an optimizer 'model'")
+        if "model" in extra or OWN_MODEL_OPTIMIZER in extra:
+            raise ValueError(
+                f"objective {self.hparams.objective!r} names an optimizer 'model' or "
+                f"{OWN_MODEL_OPTIMIZER!r}"
+            )
+        own = self.objective.model_optimizer(list(self.model.parameters()))
+        self._own_model_optimizer = own is not None
+        if own is not None:
+            if self.automatic_optimization:
+                raise ValueError(
+                    f"objective {self.hparams.objective!r} declares its own model optimizer; "
+                    "that needs manual_optimization = True"
+                )
+            for group in own.param_groups:
+                group["initial_lr_own"] = group["lr"]
+            extra = {**extra, OWN_MODEL_OPTIMIZER: own}
         self._extra_names = list(extra)
         if self.automatic_optimization:
             if extra:
@@ -282,9 +372,12 @@ class ObjectiveModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer"] = self.tokenizer_json
+        checkpoint["objective_generator"] = self.objective.generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokenizer_json = checkpoint.get("tokenizer")
+        if "objective_generator" in checkpoint:
+            self.objective.generator.set_state(checkpoint["objective_generator"])
 
 
 class ProgressLog(Callback):
@@ -294,7 +387,10 @@ class ProgressLog(Callback):
         self.report = report
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.report(int(module.steps_done), module.total_steps)
+        if module.training_config.by_flops:  # a step count is not known beforehand
+            self.report(round(1000 * module.budget_progress()), 1000)
+        else:
+            self.report(int(module.steps_done), module.total_steps)
 
 
 class UnsafeCheckpointError(ValueError):

@@ -22,8 +22,8 @@ plain MLE for the first `warm_start_fraction` of the token budget, then hands ea
   baseline is subtracted (ScratchGAN §3.1; variance reduction as in Williams 1992 §4). Dense
   rewards are one of the ingredients that let ScratchGAN train without MLE pre-training: a
   single sequence-level reward gives every token the same, very noisy, credit.
-- `variant = "gumbel"`: the straight-through Gumbel-softmax estimator (Jang et al. 2017,
-  "Categorical Reparameterization with Gumbel-Softmax", §2-3; Bengio et al. 2013 for the
+- `variant = "straight_through_gumbel"`: the straight-through Gumbel-softmax estimator (Jang et
+  al. 2017, "Categorical Reparameterization with Gumbel-Softmax", §2-3; Bengio et al. 2013 for the
   straight-through idea) as RelGAN trains its generator (Nie et al. 2019, "RelGAN: Relational
   Generative Adversarial Networks for Text Generation", §3.2): the generator's logits are
   recomputed with gradient on the sampled sequence, each sampled token becomes a one-hot vector
@@ -35,6 +35,18 @@ plain MLE for the first `warm_start_fraction` of the token budget, then hands ea
   positions read as inputs: the generator is teacher-forced on its own samples, so the path
   "token t -> input of position t + 1" is cut. This truncation is the same as RelGAN's, whose
   LSTM generator also feeds back the hard argmax token.
+- `variant = "relgan"`: RelGAN proper (Nie et al. 2019, §3.2): the discriminator reads the soft
+  relaxed sample softmax(beta (o + g)) itself, in its own update and in the generator's, not a
+  one-hot vector; the generator's gradient is that of the relaxation, with the same annealing.
+
+Optimisation follows ScratchGAN's released settings (`../shared/reference-results.md`): in the
+adversarial phase the generator is trained with its own Adam (beta1 0.5, constant learning rate
+`gen_lr` = 9.59e-5), the discriminator with Adam (beta1 0.5, `disc_lr` = 9.38e-3) and an L2
+penalty `disc_l2` = 1e-6 on its weights, and the generator's update draws fresh samples after
+the discriminator's (`fresh_samples`), so the rewards never come from the very samples the
+discriminator has just been trained on. Deviation: ScratchGAN's batch is 512; here it is the
+trainer's `batch_size`, the same for every objective (512 rows of a 2-core CPU's budget would
+leave a handful of updates).
 
 The discriminator is a small causal Transformer owned by the objective (so it is checkpointed
 with it) with its own Adam optimizer (`configure_optimizers` returns `{"discriminator": ...}`).
@@ -70,10 +82,11 @@ from beyondmle.api import (
     register_objective,
     setting,
 )
-from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.decoding import DecodingConfig, generate, uniform
 from beyondmle.model import GPT, ModelConfig
 
-VARIANTS = ("reinforce", "gumbel")
+VARIANTS = ("reinforce", "straight_through_gumbel", "relgan")
+GUMBEL_VARIANTS = ("straight_through_gumbel", "relgan")
 BASELINES = ("position", "global", "batch")
 GAN_LOSSES = ("standard", "rsgan")
 
@@ -87,9 +100,13 @@ class AdversarialSettings(ObjectiveSettings):
 
     Discriminator: `disc_layers`, `disc_embd` and `disc_heads` size it (None: the shared model's
     width and heads); `disc_dropout` regularises it (ScratchGAN §3.3 regularises its
-    discriminator with dropout, 0.1 in the released code); `disc_lr` (None: the trainer's lr)
-    and `disc_beta1` (0.5 in ScratchGAN's released code) set its Adam; `disc_steps` updates per
-    generator update.
+    discriminator with dropout, 0.1 in the released code); `disc_lr` and `disc_beta1` set its
+    Adam and `disc_l2` the L2 penalty 0.5 * sum w^2 on its weights (ScratchGAN: 9.38e-3, 0.5,
+    1e-6); `disc_steps` updates per generator update.
+
+    Generator, in the adversarial phase: Adam with `gen_lr` (constant) and `gen_beta1`
+    (ScratchGAN: 9.59e-5, 0.5); `fresh_samples` draws new samples for its update after the
+    discriminator's (ScratchGAN does).
 
     REINFORCE: `gamma` discounts the dense rewards (0.23 in ScratchGAN's released code);
     `baseline` is a per-position moving average of returns (`position`), a single moving average
@@ -97,12 +114,12 @@ class AdversarialSettings(ObjectiveSettings):
     per position (`batch`); `baseline_decay` is the weight of the previous baseline in the moving
     average (ScratchGAN's convention; 0.08 there, so the baseline tracks recent batches closely).
 
-    Gumbel: the temperature goes from `tau_start` to `tau_end` exponentially over the adversarial
-    phase (RelGAN §3.3); `gan_loss` is the standard non-saturating GAN loss (Goodfellow et al.
-    2014, §3) or RelGAN's default relativistic standard GAN loss (`rsgan`, Jolicoeur-Martineau
-    2019, "The Relativistic Discriminator"); `rsgan` pairs real and fake continuations of the
-    same prompt, so it needs the Gumbel variant (its logits are not a per-token P(human) to
-    reward).
+    Gumbel variants: the temperature goes from `tau_start` to `tau_end` exponentially over the
+    adversarial phase (RelGAN §3.3); `gan_loss` is the standard non-saturating GAN loss
+    (Goodfellow et al. 2014, §3) or RelGAN's default relativistic standard GAN loss (`rsgan`,
+    Jolicoeur-Martineau 2019, "The Relativistic Discriminator"); `rsgan` pairs real and fake
+    continuations of the same prompt, so it needs a Gumbel variant (its logits are not a
+    per-token P(human) to reward).
 
     Both: `mle_weight` adds that multiple of the batch's MLE loss to the generator's loss.
 
@@ -119,8 +136,12 @@ class AdversarialSettings(ObjectiveSettings):
     disc_embd: int | None = setting(None, ge=1)
     disc_heads: int | None = setting(None, ge=1)
     disc_dropout: float = setting(0.1, ge=0.0, lt=1.0)
-    disc_lr: float | None = setting(None, gt=0.0)
+    disc_lr: float = setting(9.38e-3, gt=0.0)
     disc_beta1: float = setting(0.5, ge=0.0, lt=1.0)
+    disc_l2: float = setting(1e-6, ge=0.0)
+    gen_lr: float = setting(9.59e-5, gt=0.0)
+    gen_beta1: float = setting(0.5, ge=0.0, lt=1.0)
+    fresh_samples: bool = True
     disc_steps: int = setting(1, ge=1)
     gamma: float = setting(0.23, ge=0.0, le=1.0)
     baseline: str = setting("position", choices=BASELINES)
@@ -135,8 +156,10 @@ class AdversarialSettings(ObjectiveSettings):
 
     def cross_checks(self) -> list[Problem]:
         problems = []
-        if self.gan_loss == "rsgan" and self.variant != "gumbel":
-            problems.append(Problem("gan_loss", "'standard' unless variant = 'gumbel'", "rsgan"))
+        if self.gan_loss == "rsgan" and self.variant not in GUMBEL_VARIANTS:
+            problems.append(
+                Problem("gan_loss", "'standard' unless variant is a Gumbel variant", "rsgan")
+            )
         if self.tau_end > self.tau_start:
             problems.append(
                 Problem(
@@ -191,7 +214,9 @@ def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     return rewards @ discount
 
 
-def conditional_gumbel(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def conditional_gumbel(
+    logits: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Gumbel-perturbed log-probabilities z = log p + g (…, V), g iid Gumbel(0, 1), drawn
     conditionally on argmax z == tokens (…).
 
@@ -206,7 +231,7 @@ def conditional_gumbel(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
     with torch.no_grad():
         logp = F.log_softmax(logits.float(), dim=-1)
         tiny = torch.finfo(logp.dtype).tiny
-        u = torch.rand_like(logp).clamp(min=tiny, max=1.0 - 1e-7)
+        u = uniform(logp.shape, generator, logp.device, logp.dtype).clamp(min=tiny, max=1.0 - 1e-7)
         gumbel = -torch.log(-torch.log(u))
         top = gumbel.gather(-1, tokens.unsqueeze(-1))  # (…, 1), max of Gumbel(log p_i) ~ G(0)
         # Gumbel(log p_i) truncated to lie below `top`: -log(exp(-top) + exp(-(log p_i + g_i))).
@@ -214,17 +239,33 @@ def conditional_gumbel(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
         return below.scatter(-1, tokens.unsqueeze(-1), top)
 
 
-def straight_through_gumbel(logits: torch.Tensor, tokens: torch.Tensor, tau: float) -> torch.Tensor:
+def gumbel_softmax_given(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    tau: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The Gumbel-softmax sample softmax((logits + g) / tau) (…, V) whose argmax is `tokens`:
+    RelGAN's relaxed sample (Nie et al. 2019, §3.2), with g drawn given the tokens
+    (`conditional_gumbel`); gradient flows into `logits`."""
+    logits = logits.float()
+    noise = conditional_gumbel(logits, tokens, generator) - F.log_softmax(logits.detach(), dim=-1)
+    return F.softmax((logits + noise) / tau, dim=-1)
+
+
+def straight_through_gumbel(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    tau: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One-hot vectors (…, V) of `tokens` whose gradient wrt `logits` is that of the
     Gumbel-softmax sample softmax((logits + g) / tau) (Jang et al. 2017, §2-3), with g drawn
     conditionally on the tokens (`conditional_gumbel`).
 
     The forward value is exactly the one-hot: `hard + (soft - soft.detach())` adds an exact zero.
     """
-    logits = logits.float()
-    z = conditional_gumbel(logits, tokens)
-    noise = z - F.log_softmax(logits.detach(), dim=-1)
-    soft = F.softmax((logits + noise) / tau, dim=-1)
+    soft = gumbel_softmax_given(logits, tokens, tau, generator)
     hard = F.one_hot(tokens, logits.size(-1)).to(soft.dtype)
     return hard + (soft - soft.detach())
 
@@ -282,14 +323,23 @@ class Adversarial(Objective):
     def configure_optimizers(
         self, lr: float, weight_decay: float
     ) -> dict[str, torch.optim.Optimizer]:
-        """Adam for the discriminator (ScratchGAN's released code: Adam, beta1 0.5). Its
-        regularisation is dropout (`disc_dropout`), not the trainer's weight decay."""
+        """Adam for the discriminator (ScratchGAN's released settings: beta1 0.5, `disc_lr`);
+        its regularisation is dropout and the L2 penalty in its loss, not weight decay."""
         s = self.settings
         return {
             "discriminator": torch.optim.Adam(
-                self.discriminator.parameters(), lr=s.disc_lr or lr, betas=(s.disc_beta1, 0.999)
+                self.discriminator.parameters(), lr=s.disc_lr, betas=(s.disc_beta1, 0.999)
             )
         }
+
+    def model_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The generator's Adam in the adversarial phase (ScratchGAN: beta1 0.5, lr 9.59e-5)."""
+        s = self.settings
+        return torch.optim.Adam(parameters, lr=s.gen_lr, betas=(s.gen_beta1, 0.999))
+
+    def learning_rate(self, state: TrainingState) -> float:
+        """ScratchGAN's constant generator learning rate."""
+        return self.settings.gen_lr
 
     def temperature(self, progress: float) -> float:
         """tau_start * (tau_end / tau_start)^progress: RelGAN's exponential temperature control
@@ -313,9 +363,15 @@ class Adversarial(Objective):
                 f"samples is {logs['distinct1']:.4f} < min_distinct1={s.min_distinct1} "
                 f"({torch.unique(fake).numel()} distinct tokens in {fake.numel()})"
             )
+        seen = fake
+        if s.variant == "relgan":  # the discriminator reads the relaxed samples themselves
+            with torch.no_grad():
+                seen = self.relaxed(model, prompt, fake, state, straight_through=False)
         for _ in range(s.disc_steps):
-            logs.update(self.discriminator_step(prompt, real, fake, state, optimizers))
+            logs.update(self.discriminator_step(prompt, real, seen, state, optimizers))
         self.track_accuracy(float(logs["d_acc"]), state)
+        if s.fresh_samples:  # the generator is judged on samples the discriminator never saw
+            fake = self.sample(model, prompt, real.size(1), state)
         if s.variant == "reinforce":
             logs.update(self.reinforce_step(model, batch, prompt, fake, state, optimizers))
         else:
@@ -346,7 +402,7 @@ class Adversarial(Objective):
         stopping at `<eos>`: batches are windows of a token stream, so real continuations run
         across document boundaries too."""
         try:
-            rows = generate(model, prompt, length, DecodingConfig())
+            rows = generate(model, prompt, length, DecodingConfig(), generator=self.generator)
         except RuntimeError as err:
             # Sampling refuses NaN/inf probabilities: report a diverged generator.
             if any(not torch.isfinite(p).all() for p in model.parameters()):
@@ -388,11 +444,15 @@ class Adversarial(Objective):
         optimizers: Optimizers,
     ) -> dict[str, float | torch.Tensor]:
         """One discriminator update on real vs generated continuations of the same prompts;
-        scores are taken on the continuation's positions only."""
+        `fake` is token ids (B, L), or relaxed samples (B, L, V) for RelGAN. Scores are taken on
+        the continuation's positions only."""
         L = real.size(1)
         real_logits = self.discriminator(prompt, real)[:, -L:]
         fake_logits = self.discriminator(prompt, fake)[:, -L:]
         loss, acc_real, acc_fake = self.discriminator_loss(real_logits, fake_logits)
+        if self.settings.disc_l2:  # ScratchGAN's L2 penalty, 0.5 * sum of squared weights
+            l2 = sum(p.pow(2).sum() for p in self.discriminator.parameters() if p.dim() >= 2)
+            loss = loss + self.settings.disc_l2 * 0.5 * l2
         self.check_finite(loss, "discriminator", state)
         accuracy = 0.5 * (acc_real + acc_fake)
         optimizers.step("discriminator", loss)
@@ -469,17 +529,17 @@ class Adversarial(Objective):
         state: TrainingState,
         optimizers: Optimizers,
     ) -> dict[str, float | torch.Tensor]:
-        """Straight-through Gumbel-softmax generator update (RelGAN §3.2): the generator's
-        logits on its own sample (with gradient), one-hot samples that carry the gradient of
-        softmax((logits + g) / tau), the discriminator reading them as distributions, and the
-        non-saturating loss -mean log D_t (`standard`) or RelGAN's BCE(D(fake) - D(real), 1)."""
+        """Gumbel-softmax generator update (RelGAN §3.2): the generator's logits on its own
+        sample (with gradient) give softmax((logits + g) / tau), read by the discriminator as
+        distributions: as one-hot vectors carrying that gradient (`straight_through_gumbel`) or
+        as themselves (`relgan`); the loss is the non-saturating -mean log D_t (`standard`) or
+        RelGAN's BCE(D(fake) - D(real), 1)."""
         L = fake.size(1)
         tau = self.temperature(state.progress)
-        hidden = model.hidden_states(torch.cat([prompt, fake], dim=1)[:, :-1])[:, -L:]
-        logits = model.logits(hidden)  # (B, L, V)
-        onehots = straight_through_gumbel(logits, fake, tau)  # (B, L, V)
+        straight = self.settings.variant == "straight_through_gumbel"
+        inputs = self.relaxed(model, prompt, fake, state, straight_through=straight)
         with self.frozen_discriminator():
-            fake_logits = self.discriminator(prompt, onehots)[:, -L:]
+            fake_logits = self.discriminator(prompt, inputs)[:, -L:]
             if self.settings.gan_loss == "rsgan":
                 with torch.no_grad():
                     real_logits = self.discriminator(prompt, real)[:, -L:]
@@ -501,6 +561,25 @@ class Adversarial(Objective):
         }
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def relaxed(
+        self,
+        model: CausalLM,
+        prompt: torch.Tensor,
+        fake: torch.Tensor,
+        state: TrainingState,
+        straight_through: bool,
+    ) -> torch.Tensor:
+        """The relaxed samples (B, L, V) of the generator's tokens `fake`: softmax((logits + g)
+        / tau) with g Gumbel noise drawn given the tokens; straight-through, the exact one-hot
+        vectors carrying that gradient."""
+        L = fake.size(1)
+        tau = self.temperature(state.progress)
+        hidden = model.hidden_states(torch.cat([prompt, fake], dim=1)[:, :-1])[:, -L:]
+        logits = model.logits(hidden)  # (B, L, V)
+        if straight_through:
+            return straight_through_gumbel(logits, fake, tau, self.generator)
+        return gumbel_softmax_given(logits, fake, tau, self.generator)
 
     def add_mle(
         self, model: CausalLM, batch: torch.Tensor, loss: torch.Tensor

@@ -84,8 +84,8 @@ documents leaves left-to-right perplexity unharmed. It is a setting, to be varie
 `max_noise` defaults to 0.6, so the mean noise level of the noised examples is 0.3, BART's
 masking rate (§5: 30% of tokens, spans of Poisson(3), sentences permuted).
 
-Randomness: each call draws a seed from torch's global generator (which the runner seeds, like
-dropout) and runs all noise of the batch on one CPU `torch.Generator` from it.
+Randomness: all noise of a batch is drawn from the objective's own generator
+(`Objective.generator`, seeded from the cell's seed), never from torch's global one.
 """
 
 from __future__ import annotations
@@ -392,8 +392,7 @@ class Denoising(Objective):
         )
 
     def loss(self, model: CausalLM, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
-        seed = int(torch.randint(0, 2**62, (1,)))
-        ex = self.build_examples(batch, torch.Generator().manual_seed(seed))
+        ex = self.build_examples(batch, self.generator)
         # The fused projection + cross-entropy skips the source and padding positions (target
         # -100) and never materialises (N, T, V) logits: half of a noised example's positions.
         hidden = model.hidden_states(ex.inputs)  # (N, T, C)

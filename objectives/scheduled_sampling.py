@@ -54,7 +54,7 @@ from beyondmle.api import (
     register_objective,
     setting,
 )
-from beyondmle.decoding import sample_categorical
+from beyondmle.decoding import sample_categorical, uniform
 
 SCHEDULES = ("constant", "linear", "exponential", "inverse_sigmoid")
 MIXINGS = ("sample", "argmax", "soft")
@@ -172,7 +172,7 @@ def replacement_mask(
 ) -> torch.Tensor:
     """Bool (B, T): which inputs get replaced, each position t >= 1 independently with
     probability `prob`; position 0 never (nothing predicts it)."""
-    mask = torch.rand(shape, device=device, generator=generator) < prob
+    mask = uniform(shape, generator, device) < prob
     mask[:, 0] = False
     return mask
 
@@ -281,9 +281,16 @@ class ScheduledSampling(Objective):
         s: ScheduledSamplingSettings = self.settings
         gold, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
         prob = replacement_prob(s, state.progress)
-        mask = replacement_mask(tuple(gold.shape), prob, gold.device)
+        mask = replacement_mask(tuple(gold.shape), prob, gold.device, self.generator)
         hidden, inputs = parallel_passes(
-            model, gold, mask, s.passes, s.mixing, s.temperature, s.grad_through_passes
+            model,
+            gold,
+            mask,
+            s.passes,
+            s.mixing,
+            s.temperature,
+            s.grad_through_passes,
+            self.generator,
         )
         loss = model.next_token_loss(hidden, targets)
         logs: dict[str, float | torch.Tensor] = {"nll": loss.detach(), "replace_prob": prob}

@@ -8,9 +8,13 @@ with the unlikelihood loss -log(1 - p(c | x_<t)) of each candidate c (§3, Eq. 4
   C_t = {x_1, ..., x_{t-1}} \\ {x_t}, added to the MLE loss with weight `alpha` (Eq. 5);
 - sequence level (§5.2): the model greedily continues prefixes of the data, and each token of
   its continuation that belongs to an n-gram already produced earlier in that continuation
-  (C_t^{repeat-n}, Eq. 7) is a candidate. The paper fine-tunes with this loss, choosing per
-  update between the sequence-level and the token-level loss; here that mixing happens in the
-  last `sequence_fraction` of the objective's token budget.
+  (C_t^{repeat-n}, Eq. 7) is a candidate. The paper fine-tunes a trained model with this loss
+  for 1,500 updates, choosing per update between the sequence-level loss (rate 0.5) and the
+  token-level one. Here that fine-tuning is its own phase, the last `sequence_fraction` of the
+  objective's budget (all of it when the spec fine-tunes a shared MLE base), with its own
+  schedule: `sequence_lr`, decayed linearly to 0 without warmup, as the authors' GPT-2 script
+  (AdamW 6.25e-5, `warmup_linear`, no warmup; their fairseq runs used NAG, whose rates do not
+  carry over to AdamW). The number of sequence-level updates is logged (`sequence_updates`).
 
 Losses are normalised as in the authors' code (facebookresearch/unlikelihood_training,
 `custom/candidate_penalty_ce_loss.py` and `custom/sequence_penalty_loss.py`); where this module
@@ -52,10 +56,13 @@ class UnlikelihoodSettings(ObjectiveSettings):
 
     - `alpha`: weight of the token-level unlikelihood term (§5.1, Eq. 5; the paper uses 1.0).
       0 gives plain MLE for the token-level updates.
-    - `sequence_fraction`: share of the objective's token budget, at its end, during which
-      updates may be sequence-level (§5.2); 0 disables sequence-level training.
-    - `sequence_prob`: during that share, probability that an update is sequence-level rather
-      than token-level (§6.2: 0.5).
+    - `sequence_fraction`: share of the objective's budget, at its end, that is the
+      sequence-level fine-tuning phase (§5.2); 0 disables it, 1 makes the whole run that phase
+      (for fine-tuning a trained model, as the paper does).
+    - `sequence_prob`: in that phase, probability that an update is sequence-level rather than
+      token-level (§6.2 and the authors' `--sequence-level-train-rate`: 0.5).
+    - `sequence_lr`: the phase's learning rate, decayed linearly to 0 over it, no warmup (the
+      authors' GPT-2 fine-tuning: AdamW 6.25e-5).
     - `prefix_len`: length of the data prefixes that the model continues (§6.2: 50).
     - `continuation_len`: greedy continuation length (§6.2: 100). When prefix plus continuation
       exceed the model's context, both are scaled down in the same ratio to fit it.
@@ -66,6 +73,7 @@ class UnlikelihoodSettings(ObjectiveSettings):
     alpha: float = setting(1.0, ge=0.0, lt=math.inf)
     sequence_fraction: float = setting(0.25, ge=0.0, le=1.0)
     sequence_prob: float = setting(0.5, ge=0.0, le=1.0)
+    sequence_lr: float = setting(1e-4, gt=0.0)
     prefix_len: int = setting(50, ge=1)
     continuation_len: int = setting(100, ge=1)
     ngram: int = setting(4, ge=1)
@@ -146,17 +154,38 @@ class Unlikelihood(Objective):
 
     Settings = UnlikelihoodSettings
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("sequence_updates", torch.zeros((), dtype=torch.long))
+
     def loss(self, model: CausalLM, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
         if self.is_sequence_step(state):
-            return self.sequence_loss(model, batch)
-        return self.token_loss(model, batch)
+            self.sequence_updates += 1
+            out = self.sequence_loss(model, batch)
+        else:
+            out = self.token_loss(model, batch)
+        out.logs["sequence_updates"] = float(self.sequence_updates)
+        return out
+
+    def in_sequence_phase(self, state: TrainingState) -> bool:
+        s = self.settings
+        return s.sequence_fraction > 0.0 and state.progress >= 1.0 - s.sequence_fraction
+
+    def learning_rate(self, state: TrainingState) -> float | None:
+        """In the sequence-level phase: `sequence_lr`, linearly to 0 over the phase."""
+        if not self.in_sequence_phase(state):
+            return None
+        s = self.settings
+        start = 1.0 - s.sequence_fraction
+        phase = (state.progress - start) / s.sequence_fraction
+        return s.sequence_lr * max(0.0, 1.0 - phase)
 
     def is_sequence_step(self, state: TrainingState) -> bool:
-        """Whether this step is a sequence-level update: within the last `sequence_fraction` of
-        the budget, with probability `sequence_prob` drawn from a generator seeded by the step,
-        so a run (and every device of a distributed one) makes the same choices."""
+        """Whether this step is a sequence-level update: in the sequence-level phase, with
+        probability `sequence_prob` drawn from a generator seeded by the step, so a run (and
+        every device of a distributed one) makes the same choices."""
         s = self.settings
-        if s.sequence_fraction <= 0.0 or state.progress < 1.0 - s.sequence_fraction:
+        if not self.in_sequence_phase(state):
             return False
         generator = torch.Generator().manual_seed(_SCHEDULE_SALT + state.step)
         return bool(torch.rand((), generator=generator) < s.sequence_prob)

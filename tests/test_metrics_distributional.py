@@ -34,6 +34,21 @@ def test_mauve_of_a_sample_against_itself_is_close_to_one(features):
     assert any("biased upward" in note for note in result.warnings)
 
 
+def test_mauve_of_two_draws_from_one_distribution_is_close_to_one() -> None:
+    """Two independent samples of the same features, not one sample and its copy."""
+    rng = np.random.default_rng(5)
+    p = rng.normal(size=(N, DIM))
+    q = rng.normal(size=(N, DIM))
+    assert small_mauve(p, q).mean > 0.9
+
+
+def test_mauve_of_disjoint_distributions_is_close_to_zero() -> None:
+    rng = np.random.default_rng(6)
+    p = rng.normal(size=(N, DIM))
+    q = rng.normal(loc=8.0, size=(N, DIM))  # no overlap: every cluster holds one side only
+    assert small_mauve(p, q).mean < 0.05
+
+
 def test_mauve_against_a_far_shifted_copy_is_close_to_zero(features):
     p, _ = features
     assert small_mauve(p, p + 5.0).mean < 0.1

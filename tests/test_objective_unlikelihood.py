@@ -68,11 +68,19 @@ def test_registered_under_its_name():
     assert Unlikelihood.name == "unlikelihood"
 
 
-def test_alpha_zero_equals_mle():
+def test_alpha_zero_is_the_cross_entropy_written_out_by_hand():
     model = tiny_model()
     batch = torch.randint(0, VOCAB, (2, 9))
     out = make(alpha=0.0).loss(model, batch, START)
-    assert torch.equal(out.loss, token_nll(model(batch[:, :-1]), batch[:, 1:]))
+    logits = model(batch[:, :-1]).double()  # (2, 8, V)
+    targets = batch[:, 1:]
+    # -log softmax(x)[t] = log sum_j exp(x_j) - x_t, averaged over the 16 target tokens.
+    total = 0.0
+    for b in range(2):
+        for t in range(8):
+            row = logits[b, t]
+            total += math.log(sum(math.exp(float(x)) for x in row)) - float(row[targets[b, t]])
+    assert float(out.loss) == pytest.approx(total / 16, rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -275,3 +283,25 @@ def test_loss_dispatches_to_sequence_level_in_its_phase():
 def test_invalid_settings_raise(field, value):
     with pytest.raises(ValueError, match=field):
         UnlikelihoodSettings(**{field: value})
+
+
+def test_the_sequence_level_phase_runs_its_own_linear_schedule():
+    obj = make(sequence_fraction=0.25, sequence_lr=2e-4)
+    assert obj.learning_rate(TrainingState(step=0, progress=0.5)) is None  # the trainer's
+    assert obj.learning_rate(TrainingState(step=0, progress=0.75)) == pytest.approx(2e-4)
+    assert obj.learning_rate(TrainingState(step=0, progress=0.875)) == pytest.approx(1e-4)
+    assert obj.learning_rate(TrainingState(step=0, progress=1.0)) == pytest.approx(0.0)
+    whole = make(sequence_fraction=1.0, sequence_lr=2e-4)  # fine-tuning: the whole run
+    assert whole.learning_rate(TrainingState(step=0, progress=0.0)) == pytest.approx(2e-4)
+
+
+def test_sequence_level_updates_are_counted():
+    model = tiny_model()
+    obj = make(sequence_fraction=1.0, sequence_prob=1.0, prefix_len=4, continuation_len=8)
+    batch = torch.randint(4, VOCAB, (2, 17))
+    for step in range(3):
+        out = obj.loss(model, batch, TrainingState(step=step, progress=0.5))
+        assert out.logs["sequence_updates"] == step + 1
+    token_only = make(sequence_fraction=0.0)
+    out = token_only.loss(model, batch, TrainingState(step=0, progress=0.9))
+    assert out.logs["sequence_updates"] == 0

@@ -277,8 +277,8 @@ def test_unknown_key_in_a_sweep_is_reported(tmp_path):
 def test_unknown_top_level_section_is_reported(tmp_path):
     path, lines = spec_error(tmp_path, MINIMAL + "\n[optimizer]\nlr = 0.1\n")
     assert lines == [
-        f"{path}: optimizer: expected a known section (benchmark, corpus, decoding, evaluation, "
-        "model, objective, training), got 'optimizer'"
+        f"{path}: optimizer: expected a known section (base, benchmark, corpus, decoding, "
+        "evaluation, model, objective, regime, training), got 'optimizer'"
     ]
 
 
@@ -330,7 +330,7 @@ def test_unknown_corpus_and_corpus_settings_are_reported(tmp_path):
     path, lines = spec_error(tmp_path, text)
     assert lines == [
         f"{path}: corpus[0].vocab_size: expected a known key (none), got 'vocab_size'",
-        f"{path}: corpus[1].name: expected a corpus name, one of ptb, text, got 'c4'",
+        f"{path}: corpus[1].name: expected a corpus name, one of oracle, ptb, text, got 'c4'",
     ]
 
 

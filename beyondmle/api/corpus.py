@@ -93,6 +93,12 @@ class CorpusSource:
     def load(self) -> Corpus:
         raise NotImplementedError(f"corpus {self.name!r} must implement load()")
 
+    @classmethod
+    def check_with(cls, settings: CorpusSettings, evaluation: object, model: dict) -> list:
+        """Problems of these settings together with the spec's `[evaluation]` and `[model]`
+        (`beyondmle.api.Problem`s), found before anything loads or trains; none by default."""
+        return []
+
 
 def _check_corpus(name: str, cls: object) -> type[CorpusSource]:
     if not (isinstance(cls, type) and issubclass(cls, CorpusSource)):

@@ -31,7 +31,7 @@ from typing import Any
 
 from beyondmle.api.registry import Registry
 
-NEEDS = frozenset({"model", "heldout", "samples", "references", "features"})
+NEEDS = frozenset({"model", "heldout", "samples", "references", "features", "oracle"})
 
 __all__ = [
     "METRICS",
@@ -80,7 +80,9 @@ class EvalInputs:
       (token lists, the same length as the samples), with `prompts` before them;
     - p_features / q_features: sentence features of the human and generated continuations;
     - resamples: counts (R, N) of each prompt in each of R prompt resamples, the same in every
-      cell (`beyondmle.metrics.resampling`); None when no replicates are asked for.
+      cell (`beyondmle.metrics.resampling`); None when no replicates are asked for;
+    - oracle: the corpus's oracle (`beyondmle.oracles`), for metrics against a known truth;
+      decoding: the decoding setting of the samples; bos: the start token (`<eos>`).
     """
 
     settings: dict
@@ -93,6 +95,9 @@ class EvalInputs:
     p_features: Any = None
     q_features: Any = None
     resamples: Any = None
+    oracle: Any = None
+    decoding: Any = None
+    bos: int = 0
 
 
 @dataclass(frozen=True)

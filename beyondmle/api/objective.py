@@ -112,6 +112,10 @@ class Objective(nn.Module):
         self.settings = settings
         self.model_info = model
         self.special = special
+        # The objective's own randomness: pass it to every draw (torch.rand(..., generator=),
+        # sampling, noise). The trainer seeds it from the cell's seed and checkpoints it, so an
+        # objective's draws never shift the data order or another objective's stream.
+        self.generator = torch.Generator()
 
     def loss(self, model: CausalLM, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
         """The training loss of one batch (B, T + 1), for automatic optimization."""
@@ -128,6 +132,18 @@ class Objective(nn.Module):
     ) -> dict[str, torch.optim.Optimizer]:
         """Optimizers for the modules this objective owns, by name (never `"model"`)."""
         return {}
+
+    def model_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer | None:
+        """The shared model's optimizer for this objective's own phase (after any warm start),
+        when its paper prescribes one (ScratchGAN's Adam with beta1 = 0.5, say); None: the
+        trainer's AdamW throughout. Needs `manual_optimization`."""
+        return None
+
+    def learning_rate(self, state: TrainingState) -> float | None:
+        """The model's learning rate at this step of the objective's own phase, for objectives
+        that run their own schedule (a fine-tuning phase, a GAN's constant rate); None: the
+        trainer's warmup-cosine schedule."""
+        return None
 
 
 def token_nll(
