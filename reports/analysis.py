@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from beyondmle.reports import catalogue, stats
@@ -44,23 +45,48 @@ def _objective_name(config_json: str) -> str | None:
 
 
 def done_metrics(results: Results) -> pd.DataFrame:
-    """Metric rows of finished cells with a value (failed and unfinished cells are left out)."""
+    """Metric rows of finished cells with a value (failed and unfinished cells are left out),
+    with their prompt-resampling replicates (an array, or None) where the database has them."""
     done = set(results.cells.loc[results.cells["status"] == "done", "id"])
     m = results.metrics
-    return m[m["cell_id"].isin(done) & m["value"].notna()].copy()
+    m = m[m["cell_id"].isin(done) & m["value"].notna()].copy()
+    reps = results.replicates
+    lookup = {
+        (r.cell_id, r.decoding, r.metric): np.asarray(json.loads(r.vals), dtype=float)
+        for r in reps.itertuples()
+        if r.cell_id in done
+    }
+    m["replicates"] = [
+        lookup.get(key) for key in zip(m["cell_id"], m["decoding"], m["metric"], strict=True)
+    ]
+    return m
+
+
+def _mean_replicates(arrays) -> np.ndarray | None:
+    """Cells that share a seed are averaged; so are their replicates (all, or none)."""
+    arrays = list(arrays)
+    if not arrays or any(a is None for a in arrays):
+        return None
+    if len({len(a) for a in arrays}) != 1:
+        return None
+    return np.mean(np.vstack(arrays), axis=0)
 
 
 def seed_values(metrics: pd.DataFrame) -> pd.DataFrame:
     """One value per (corpus, objective, decoding, metric, seed): cells sharing all of these
     (e.g. a sweep over something other than the objective) are averaged, and `cells` says
     how many were. Warnings are joined."""
+    columns = [*KEY, "seed", "value", "cells", "warning", "replicates"]
     if metrics.empty:
-        return pd.DataFrame(columns=[*KEY, "seed", "value", "cells", "warning"])
+        return pd.DataFrame(columns=columns)
+    if "replicates" not in metrics.columns:
+        metrics = metrics.assign(replicates=None)
     grouped = metrics.groupby([*KEY, "seed"], sort=False)
     return grouped.agg(
         value=("value", "mean"),
         cells=("cell_id", "nunique"),
         warning=("warning", _join_warnings),
+        replicates=("replicates", _mean_replicates),
     ).reset_index()
 
 
@@ -69,24 +95,32 @@ def _join_warnings(values) -> str | None:
     return "; ".join(texts) if texts else None
 
 
+def _by_seed(group: pd.DataFrame) -> tuple[dict[int, float], dict[int, np.ndarray] | None]:
+    values = dict(zip(group["seed"], group["value"], strict=True))
+    if "replicates" not in group.columns:
+        return values, None
+    reps = {s: r for s, r in zip(group["seed"], group["replicates"], strict=True) if r is not None}
+    return values, (reps if len(reps) == len(values) else None)
+
+
 @dataclass
 class Summary:
     """Means over seeds with intervals: one row per (corpus, objective, decoding, metric)."""
 
-    table: pd.DataFrame  # KEY + mean, low, high, n, warning
+    table: pd.DataFrame  # KEY + mean, low, high, n, over, warning
 
     def __post_init__(self) -> None:
         self._index = {tuple(row[k] for k in KEY): row for row in self.table.to_dict("records")}
 
     def get(self, corpus, objective, decoding, metric) -> dict | None:
-        """The row of one value (mean, low, high, n, warning), None when there is none."""
+        """The row of one value (mean, low, high, n, over, warning), None when there is none."""
         return self._index.get((corpus, objective, decoding, metric))
 
 
 def summarise(seeds: pd.DataFrame) -> Summary:
     rows = []
     for key, group in seeds.groupby(KEY, sort=False):
-        est = stats.bootstrap_ci(group["value"])
+        est = stats.interval(*_by_seed(group))
         rows.append(
             {
                 **dict(zip(KEY, key, strict=True)),
@@ -94,10 +128,11 @@ def summarise(seeds: pd.DataFrame) -> Summary:
                 "low": est.low,
                 "high": est.high,
                 "n": est.n,
+                "over": est.over,
                 "warning": _join_warnings(group["warning"]),
             }
         )
-    columns = [*KEY, "mean", "low", "high", "n", "warning"]
+    columns = [*KEY, "mean", "low", "high", "n", "over", "warning"]
     return Summary(pd.DataFrame(rows, columns=columns))
 
 
@@ -152,18 +187,75 @@ def points(seeds: pd.DataFrame) -> pd.DataFrame:
     return merged.dropna(axis=1, how="all")
 
 
+# regimes
+
+
+def regime_note(cells: pd.DataFrame) -> str | None:
+    """What the intervals cover in the fine-tuning regime (None when nothing is fine-tuned):
+    one shared base fixes the base's training seed, so only the fine-tuning seeds vary."""
+    bases = {}
+    for row in cells.itertuples():
+        try:
+            base = json.loads(row.config).get("base")
+        except (TypeError, ValueError, AttributeError):
+            base = None
+        if base:
+            bases[row.id] = (base.get("id"), base.get("seed"), row.seed)
+    if not bases:
+        return None
+    ids = {b for b, _, _ in bases.values()}
+    per_seed = all(base_seed == seed for _, base_seed, seed in bases.values()) and len(ids) > 1
+    if per_seed:
+        return (
+            "Every objective fine-tunes an MLE base trained with its own seed: the intervals "
+            "cover the base's training seed as well as the fine-tuning."
+        )
+    return (
+        f"Every objective fine-tunes one shared MLE base (cell {', '.join(sorted(ids))}): the "
+        "intervals cover the fine-tuning seeds only, not the base's training, which all share."
+    )
+
+
+# compute
+
+
+COMPUTE_KEYS = ("train_flops", "train_tokens", "forward_tokens", "generated_tokens")
+
+
+def compute_table(results: Results, corpus: str, baseline: str | None) -> pd.DataFrame:
+    """Per objective, the mean training compute of its finished cells: FLOPs, target tokens,
+    positions run forward, tokens generated, training wall time, and FLOPs relative to the
+    baseline's."""
+    cells = results.cells
+    done = cells[(cells["status"] == "done") & (cells["corpus"] == corpus)]
+    compute = results.cell_compute
+    if done.empty or compute.empty:
+        return pd.DataFrame()
+    wide = compute.pivot_table(index="cell_id", columns="key", values="value", aggfunc="first")
+    wide = done.set_index("id")[["objective", "train_seconds"]].join(wide, how="inner")
+    if wide.empty:
+        return pd.DataFrame()
+    table = wide.groupby("objective").agg(
+        cells=("train_seconds", "size"),
+        **{k: (k, "mean") for k in COMPUTE_KEYS if k in wide.columns},
+        train_seconds=("train_seconds", "mean"),
+    )
+    if baseline in table.index and "train_flops" in table.columns:
+        table["flops_vs_baseline"] = table["train_flops"] / table.loc[baseline, "train_flops"]
+    return table.reset_index()
+
+
 # paired comparisons
 
 
 def paired_against(seeds: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Every other objective against `baseline`, per corpus, decoding and metric, paired by
-    seed: mean difference (objective - baseline) with its interval and the seeds on which
-    the objective is better."""
+    seed and by prompt resample: mean difference (objective - baseline) with its interval,
+    the paired test's p-value and the seeds on which the objective is better."""
     rows = []
     base = seeds[seeds["objective"] == baseline]
     base_index = {
-        key: dict(zip(g["seed"], g["value"], strict=True))
-        for key, g in base.groupby(["corpus", "decoding", "metric"], sort=False)
+        key: _by_seed(g) for key, g in base.groupby(["corpus", "decoding", "metric"], sort=False)
     }
     others = seeds[seeds["objective"] != baseline]
     for (corpus, objective, decoding, metric), group in others.groupby(KEY, sort=False):
@@ -171,9 +263,8 @@ def paired_against(seeds: pd.DataFrame, baseline: str) -> pd.DataFrame:
         if not reference:
             continue
         direction = catalogue.info(metric).higher_is_better
-        cmp = stats.paired_difference(
-            dict(zip(group["seed"], group["value"], strict=True)), reference, direction
-        )
+        values, reps = _by_seed(group)
+        cmp = stats.paired_difference(values, reference[0], direction, reps, reference[1])
         if cmp.n == 0:
             continue
         rows.append(
@@ -185,12 +276,14 @@ def paired_against(seeds: pd.DataFrame, baseline: str) -> pd.DataFrame:
                 "diff": cmp.diff.mean,
                 "low": cmp.diff.low,
                 "high": cmp.diff.high,
+                "p_value": cmp.diff.p_value,
+                "over": cmp.diff.over,
                 "n": cmp.n,
                 "n_better": cmp.n_better,
                 "share_better": cmp.share_better if direction is not None else math.nan,
             }
         )
-    columns = [*KEY, "diff", "low", "high", "n", "n_better", "share_better"]
+    columns = [*KEY, "diff", "low", "high", "p_value", "over", "n", "n_better", "share_better"]
     return pd.DataFrame(rows, columns=columns)
 
 

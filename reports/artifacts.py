@@ -42,9 +42,22 @@ def curves_section(ctx: Context) -> Section:
                         f"curves{ctx.figure_suffix[corpus]}.png",
                         "training curves",
                         caption=(
-                            "Training loss (colour) and validation loss (dark) against tokens "
-                            "seen, one thin line per seed, read from each cell's Lightning "
-                            "metrics.csv."
+                            "The same quantities for every objective, against tokens seen: the "
+                            "teacher-forced NLL of the training batch (measured every 10 steps "
+                            "in eval mode, before the update) and the validation NLL; one thin "
+                            "line per seed, from each cell's Lightning metrics.csv."
+                        ),
+                    )
+                )
+                blocks.append(
+                    Figure(
+                        plots.objective_losses(data, ctx.colours),
+                        f"curves-own{ctx.figure_suffix[corpus]}.png",
+                        "each objective's own loss",
+                        caption=(
+                            "Each objective's own training loss, which measures different "
+                            "things for different objectives and so is not compared across "
+                            "them."
                         ),
                     )
                 )

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from beyondmle.reports import artifacts, catalogue, provenance, sections
+from beyondmle.reports import artifacts, catalogue, known_truth, provenance, sections
 from beyondmle.reports.context import Context
 from beyondmle.reports.document import Document
 from beyondmle.reports.load import load_results
@@ -20,7 +20,7 @@ from beyondmle.reports.render import to_html, to_markdown
 
 HTML_NAME = "index.html"
 MARKDOWN_NAME = "report.md"
-FIGURE_PREFIXES = ("gap", "frontier", "curves")
+FIGURE_PREFIXES = ("gap", "frontier", "curves", "oracle")
 
 
 def build_document(results_dir: str | Path, generated_at: float | None = None) -> Document:
@@ -43,6 +43,7 @@ def _document(results, results_dir: str | Path, generated_at: float | None) -> D
         sections.gap_section(ctx),
         sections.frontier_section(ctx),
         sections.paired_section(ctx),
+        known_truth.section(ctx),
         artifacts.curves_section(ctx),
         artifacts.samples_section(ctx),
         sections.all_metrics_section(ctx),
@@ -50,6 +51,7 @@ def _document(results, results_dir: str | Path, generated_at: float | None) -> D
         provenance.cells_section(ctx),
         provenance.provenance_section(ctx),
     ]
+    doc.sections = [s for s in doc.sections if s is not None]
     return doc
 
 

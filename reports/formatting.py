@@ -43,11 +43,11 @@ def signed(value, spec: str = "") -> str:
 
 
 def estimate(mean, low, high, n, sign: bool = False) -> str:
-    """`mean [low, high]` with an interval, `mean (n=1)` from a single seed."""
+    """`mean [low, high]` with an interval, `mean (n/a (1 seed))` from a single seed."""
     value, detail = estimate_parts(mean, low, high, n, sign)
     if not detail:
         return value
-    return f"{value} ({detail})" if detail.startswith("n=") else f"{value} {detail}"
+    return f"{value} ({detail})" if detail.startswith("n/a") else f"{value} {detail}"
 
 
 def estimate_parts(mean, low, high, n, sign: bool = False, spec: str = "") -> tuple[str, str]:
@@ -59,7 +59,7 @@ def estimate_parts(mean, low, high, n, sign: bool = False, spec: str = "") -> tu
     if not finite(mean):
         return "—", ""
     if n is None or int(n) < 2 or not (finite(low) and finite(high)):
-        return fmt(mean), f"n={int(n or 0)}"
+        return fmt(mean), f"n/a ({int(n or 0)} seed{'s' if int(n or 0) != 1 else ''})"
     return fmt(mean), f"[{fmt(low)}, {fmt(high)}]"
 
 

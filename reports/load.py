@@ -23,6 +23,8 @@ OPTIONAL_TABLES = {
     ],
     "cell_provenance": ["cell_id", "key", "value"],
     "run_warnings": ["run_id", "category", "message", "count"],
+    "replicates": ["cell_id", "decoding", "metric", "vals"],
+    "cell_compute": ["cell_id", "key", "value"],
 }  # fmt: skip
 
 
@@ -40,6 +42,8 @@ class Results:
     metric_info: pd.DataFrame
     cell_provenance: pd.DataFrame
     run_warnings: pd.DataFrame
+    replicates: pd.DataFrame
+    cell_compute: pd.DataFrame
 
     def artifact_path(self, cell_id: str, kind: str, decoding: str = "") -> Path | None:
         """The file of an artifact, resolved against the results directory; None if the
@@ -76,6 +80,7 @@ def load_results(results_dir: str | Path) -> Results:
         tables["metrics"][column] = tables["metrics"][column].astype(object)
     tables["metrics"]["decoding"] = tables["metrics"]["decoding"].fillna("")
     tables["artifacts"]["decoding"] = tables["artifacts"]["decoding"].fillna("")
+    tables["replicates"]["decoding"] = tables["replicates"]["decoding"].astype(object).fillna("")
     return Results(directory=directory, **tables)
 
 
@@ -147,7 +152,8 @@ def read_samples(path: Path) -> list[dict]:
 
 
 def read_train_log(path: Path) -> pd.DataFrame:
-    """Lightning's `metrics.csv` as long form: step, tokens, split (`train`/`val`), loss.
+    """Lightning's `metrics.csv` as long form: step, tokens, split (`train`: teacher-forced NLL
+    of the training batch, `val`: validation NLL, `objective`: the objective's own loss), loss.
 
     Validation rows usually lack `train/tokens`; their token count is interpolated from the
     training rows by step. Without a token column at all, `tokens` is NaN.
@@ -164,7 +170,14 @@ def read_train_log(path: Path) -> pd.DataFrame:
         if not known.empty:
             tokens[:] = np.interp(step, known["step"], known["train/tokens"])
     parts = []
-    for split, column in (("train", "train/loss"), ("val", "val/loss")):
+    # "train": the teacher-forced NLL of the training batch, the same quantity for every
+    # objective; "val": the validation NLL; "objective": the objective's own loss.
+    train_column = "train/tf_nll" if "train/tf_nll" in log.columns else "train/nll"
+    for split, column in (
+        ("train", train_column),
+        ("val", "val/loss"),
+        ("objective", "train/loss"),
+    ):
         if column in log.columns:
             part = pd.DataFrame(
                 {

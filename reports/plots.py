@@ -148,39 +148,106 @@ def frontier_chart(front: Frontiers, colours: dict[str, tuple]) -> bytes:
 
 
 def training_curves(logs: pd.DataFrame, colours: dict[str, tuple]) -> bytes:
-    """Train and validation loss against tokens seen, one panel per objective, one thin line
-    per seed. `logs` holds objective, seed, tokens, step, split, loss."""
+    """Like with like: the teacher-forced NLL of the training batch (left) and the validation
+    NLL (right), the same quantities for every objective, against tokens seen; one colour per
+    objective, one thin line per seed. `logs` holds objective, seed, tokens, step, split,
+    loss."""
+    objectives = [o for o in colours if o in set(logs["objective"])]
+    use_tokens = logs["tokens"].notna().all()
+    x = "tokens" if use_tokens else "step"
+    with _style():
+        fig = _new_figure(10.0, 3.6)
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, split, title in (
+            (axes[0], "train", "training batch, teacher-forced NLL"),
+            (axes[1], "val", "validation NLL"),
+        ):
+            part = logs[(logs["split"] == split) & logs["objective"].isin(objectives)].copy()
+            if part.empty:
+                ax.set_visible(False)
+                continue
+            part["seed"] = part["seed"].astype(str)
+            sns.lineplot(
+                data=part,
+                x=x,
+                y="loss",
+                hue="objective",
+                hue_order=objectives,
+                palette=colours,
+                units="seed",
+                estimator=None,
+                lw=0.8,
+                alpha=0.8,
+                ax=ax,
+            )
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("tokens seen" if use_tokens else "step")
+            ax.set_ylabel("NLL (nats per token)")
+            if use_tokens:
+                ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            if ax.get_legend() is not None:
+                ax.legend(fontsize=7, frameon=False)
+        return _png(fig)
+
+
+def objective_losses(logs: pd.DataFrame, colours: dict[str, tuple]) -> bytes:
+    """Each objective's own training loss (its terms differ: an unlikelihood penalty, a GAN's
+    generator loss), one panel per objective, one thin line per seed."""
     objectives = [o for o in colours if o in set(logs["objective"])]
     use_tokens = logs["tokens"].notna().all()
     x = "tokens" if use_tokens else "step"
     ncols = min(3, len(objectives))
     nrows = math.ceil(len(objectives) / ncols)
     with _style():
-        fig = _new_figure(4.2 * ncols + 0.6, 3.3 * nrows)
-        axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
+        fig = _new_figure(4.2 * ncols + 0.6, 3.0 * nrows)
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
         for ax, objective in zip(axes, objectives, strict=False):
-            mine = logs[logs["objective"] == objective].copy()
+            mine = logs[(logs["objective"] == objective) & (logs["split"] == "objective")].copy()
             mine["seed"] = mine["seed"].astype(str)
-            sns.lineplot(
-                data=mine,
-                x=x,
-                y="loss",
-                hue="split",
-                hue_order=["train", "val"],
-                palette={"train": colours[objective], "val": "#333333"},
-                units="seed",
-                estimator=None,
-                lw=0.8,
-                alpha=0.75,
-                ax=ax,
-            )
+            if not mine.empty:
+                sns.lineplot(
+                    data=mine, x=x, y="loss", units="seed", estimator=None, lw=0.8,
+                    color=colours[objective], ax=ax,
+                )  # fmt: skip
             ax.set_title(objective, fontsize=10)
             ax.set_xlabel("tokens seen" if use_tokens else "step")
-            ax.set_ylabel("loss")
+            ax.set_ylabel("objective's loss")
             if use_tokens:
                 ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-            if ax.get_legend() is not None:
-                ax.legend(fontsize=7, frameon=False)
         for ax in axes[len(objectives) :]:
             ax.set_visible(False)
+        return _png(fig)
+
+
+def quality_coverage(points: pd.DataFrame, colours: dict[str, tuple]) -> bytes:
+    """NLL-test (coverage, x) against NLL-oracle (quality, y), one line per objective through
+    its decodings; lower-left is better on both."""
+    with _style():
+        fig = _new_figure(6.4, 4.4)
+        ax = fig.subplots()
+        for objective, part in points.groupby("objective", sort=False):
+            part = part.sort_values("nll_oracle")
+            ax.plot(part["nll_test"], part["nll_oracle"], marker="o", lw=1.0,
+                    color=colours.get(objective), label=objective)  # fmt: skip
+            for r in part.itertuples():
+                ax.annotate(r.decoding, (r.nll_test, r.nll_oracle), fontsize=6, alpha=0.7)
+        ax.set_xlabel("NLL-test (coverage) ↓")
+        ax.set_ylabel("NLL-oracle (quality) ↓")
+        ax.legend(fontsize=7, frameon=False)
+        return _png(fig)
+
+
+def exposure_curve(points: pd.DataFrame, colours: dict[str, tuple]) -> bytes:
+    """%ExAccErr against the share of the continuation, one line per objective."""
+    with _style():
+        fig = _new_figure(6.0, 3.8)
+        ax = fig.subplots()
+        for objective, part in points.groupby("objective", sort=False):
+            part = part.sort_values("length")
+            ax.plot(part["length"], part["value"], marker="o", lw=1.0,
+                    color=colours.get(objective), label=objective)  # fmt: skip
+        ax.axhline(0.0, color="#999999", lw=0.6)
+        ax.set_xlabel("length l (% of the continuation)")
+        ax.set_ylabel("%ExAccErr ↓")
+        ax.legend(fontsize=7, frameon=False)
         return _png(fig)

@@ -15,10 +15,14 @@ from beyondmle.reports.document import Cell, Details, Figure, Paragraph, Section
 from beyondmle.reports.load import sort_decodings
 
 STATS_NOTE = (
-    f"Values are means over seeds with a {stats.CONFIDENCE:.0%} percentile-bootstrap interval "
-    f"over seeds in brackets ({stats.N_RESAMPLES:,} resamples, generator seed "
-    f"{stats.BOOTSTRAP_SEED}); 'n=1' marks a single seed, where no interval is given. Only "
-    "finished cells count. ↑ higher is better, ↓ lower is better."
+    f"Values are means over seeds with a {stats.CONFIDENCE:.0%} interval in brackets. For "
+    "metrics of the model itself (perplexity, bits per byte, rep/wrep/uniq on the whole test "
+    "stream) the interval is over seeds: Student-t, mean ± t(n−1)·s/√n, as wide as a few seeds "
+    "must make it. For metrics of the evaluation prompts and the generated text it is over seeds "
+    "and prompts: the same seed term, plus the bootstrap spread over the prompts (every seed and "
+    "objective resampled the same prompts). MAUVE and FED are over seeds only: a resample would "
+    "need its own clustering. 'n/a (1 seed)': one seed gives no interval. Only finished cells "
+    "count. ↑ higher is better, ↓ lower is better."
 )
 
 
@@ -84,6 +88,10 @@ def headline_section(ctx: Context) -> Section:
             caption = f"Headline at decoding {headline}" if headline else "Headline (no decodings)"
             blocks.append(_metric_table(ctx, corpus, decoding_of, metrics, caption))
         blocks.append(Paragraph(STATS_NOTE + " Bold: the best mean of its column.", note=True))
+        regime = analysis.regime_note(ctx.results.cells[ctx.results.cells["corpus"] == corpus])
+        if regime:
+            blocks.append(Paragraph(regime, note=True))
+        blocks += _compute_blocks(ctx, corpus)
         if missing:
             names = ", ".join(catalogue.info(m).display for m in missing)
             blocks.append(Paragraph(f"Not computed in these results, left out: {names}.", True))
@@ -99,6 +107,44 @@ def headline_section(ctx: Context) -> Section:
         return blocks
 
     return per_corpus(ctx, "Headline", "headline", make)
+
+
+def _compute_blocks(ctx: Context, corpus: str) -> list:
+    table = analysis.compute_table(ctx.results, corpus, ctx.baseline)
+    if table.empty:
+        return []
+    order = {o: i for i, o in enumerate(ctx.order)}
+    table = table.sort_values("objective", key=lambda c: c.map(order))
+    relative = "flops_vs_baseline" in table.columns
+    rows = []
+    for r in table.itertuples():
+        row = [
+            Cell(r.objective),
+            Cell(str(int(r.cells))),
+            Cell(f"{r.train_flops:.3g}" if fmt.finite(getattr(r, "train_flops", None)) else "—"),
+        ]
+        if relative:
+            row.append(Cell(f"{r.flops_vs_baseline:.2f}×"))
+        for key in ("train_tokens", "forward_tokens", "generated_tokens"):
+            value = getattr(r, key, None)
+            row.append(Cell(f"{value:,.0f}" if fmt.finite(value) else "—"))
+        row.append(Cell(fmt.duration(r.train_seconds)))
+        rows.append(row)
+    columns = ["objective", "cells", "training FLOPs"]
+    if relative:
+        columns.append(f"FLOPs vs {ctx.baseline}")
+    columns += ["target tokens", "positions run forward", "tokens generated", "training time"]
+    return [
+        Table(columns, rows, caption="Training compute (mean per cell)", numeric_from=1),
+        Paragraph(
+            "FLOPs of every matrix multiply in training, forward and backward, counted as each "
+            "pass runs: extra passes (scheduled sampling), generation (the GAN's samples, "
+            "sequence-level unlikelihood), an objective's own models (the discriminator) and "
+            "longer rows (denoising) are all in. Target tokens are the training data the budget "
+            "counts. Training time is wall time on the machine that ran the cell.",
+            note=True,
+        ),
+    ]
 
 
 def _metric_decoding(seeds: pd.DataFrame, metric: str, headline: str) -> str:
@@ -316,6 +362,8 @@ def frontier_section(ctx: Context) -> Section:
 def _paired_cell(r, with_share: bool = True) -> Cell:
     direction = catalogue.info(r.metric).higher_is_better
     text, interval = fmt.estimate_parts(r.diff, r.low, r.high, r.n, sign=True)
+    if fmt.finite(r.p_value):
+        interval += f" p={fmt.number(r.p_value)}"
     if with_share and direction is not None:
         interval += f" · {r.n_better}/{r.n}"
     tone, bold = "", False
@@ -346,10 +394,13 @@ def paired_section(ctx: Context) -> Section:
         blocks = [
             Paragraph(
                 f"Each objective minus {ctx.baseline}, paired by seed (the same seed on both "
-                "sides; seeds missing on either side are left out): the mean difference with a "
-                f"{stats.CONFIDENCE:.0%} percentile-bootstrap interval over the paired seeds, "
-                "then 'k/n': on k of the n paired seeds the objective was better. Bold green: "
-                "the interval lies wholly on the better side; red: wholly on the worse side. "
+                "sides, so the same data order, initialisation and evaluation prompts; seeds "
+                "missing on either side are left out) and, for the prompt part, by prompt "
+                "resample: the mean difference with its "
+                f"{stats.CONFIDENCE:.0%} interval (over seeds, or over seeds and prompts, as in "
+                "the headline), the paired t-test's p-value (n − 1 degrees of freedom), then "
+                "'k/n': on k of the n paired seeds the objective was better. Bold green: the "
+                "interval lies wholly on the better side; red: wholly on the worse side. "
                 f"Generation metrics at {headline or 'no decoding'}."
             )
         ]
@@ -401,7 +452,7 @@ def paired_section(ctx: Context) -> Section:
                             "decoding",
                             "metric",
                             "paired seeds",
-                            f"Δ vs {ctx.baseline} [95% CI]",
+                            f"Δ vs {ctx.baseline} [95% CI] p",
                             "seeds better",
                             "share better",
                         ],

@@ -1,7 +1,8 @@
-"""The statistics of the report: bootstrap confidence intervals over seeds, paired comparisons,
-the area under a quality-diversity frontier and Spearman's rank correlation.
+"""The statistics of the report: intervals over seeds (Student-t) and over seeds and prompts
+(hierarchical), paired comparisons with a paired test, the area under a quality-diversity
+frontier and Spearman's rank correlation.
 
-Everything here is pure numpy/scipy on small arrays and deterministic for a fixed seed.
+Everything here is pure numpy/scipy on small arrays and deterministic.
 """
 
 from __future__ import annotations
@@ -13,20 +14,24 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as scipy_stats
 
-N_RESAMPLES = 10_000
 CONFIDENCE = 0.95
-BOOTSTRAP_SEED = 0
+
+OVER_SEEDS = "seeds"
+OVER_SEEDS_AND_PROMPTS = "seeds and prompts"
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over seeds with its percentile-bootstrap interval; `low`/`high` are NaN when
-    there are fewer than two seeds (an interval from one value would be a fake)."""
+    """A mean with its interval and what the interval is over; `low`/`high` are NaN with one
+    seed (the spread between seeds cannot be known from one), and `p_value` is the paired
+    test's for a difference (NaN otherwise)."""
 
     mean: float
     low: float
     high: float
     n: int
+    over: str = OVER_SEEDS
+    p_value: float = math.nan
 
     @property
     def has_interval(self) -> bool:
@@ -38,19 +43,13 @@ def _clean(values: Iterable[float]) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
-def bootstrap_ci(
-    values: Iterable[float],
-    n_resamples: int = N_RESAMPLES,
-    confidence: float = CONFIDENCE,
-    seed: int = BOOTSTRAP_SEED,
-) -> Estimate:
-    """The mean of `values` (non-finite ones dropped) with a percentile bootstrap interval.
+def seed_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Estimate:
+    """The mean over seeds with its Student-t interval, mean ± t(n-1) · s / √n.
 
-    Resamples the values with replacement `n_resamples` times (numpy's PCG64 seeded with
-    `seed`), takes each resample's mean and returns the (1 - confidence) / 2 and
-    (1 + confidence) / 2 percentiles of those means. The interval always lies within
-    [min, max] of the values; identical values give a zero-width interval at that value.
-    """
+    With a handful of seeds the t quantile is large (12.7 at n = 2), and so the interval is as
+    wide as two seeds can honestly claim: a percentile bootstrap over 2 seeds can only return
+    [min, max], which covers the mean half the time. Exact for normal seed-to-seed variation;
+    `tests/test_intervals.py` simulates its coverage."""
     x = _clean(values)
     n = len(x)
     if n == 0:
@@ -58,19 +57,70 @@ def bootstrap_ci(
     mean = float(x.mean())
     if n == 1:
         return Estimate(mean, math.nan, math.nan, 1)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    # Rounding in the resample means may step a hair outside the data: clip it back.
-    lo, hi = float(x.min()), float(x.max())
-    return Estimate(mean, min(max(float(low), lo), hi), min(max(float(high), lo), hi), n)
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    return Estimate(mean, mean - half, mean + half, n)
+
+
+def hierarchical_interval(
+    seed_values: Mapping[int, float],
+    replicates: Mapping[int, np.ndarray],
+    confidence: float = CONFIDENCE,
+) -> Estimate:
+    """The mean over seeds with an interval over seeds and prompts.
+
+    Two sources of error: which seeds were trained, and which prompts the evaluation drew (all
+    seeds share one prompt set, so its luck does not average out over seeds). The seed part is
+    the Student-t term of `seed_interval`; the prompt part is the bootstrap variance, over the
+    shared prompt resamples, of the seed-averaged metric (replicate r is the same prompts in
+    every seed; `beyondmle.metrics.resampling`). Half-width
+    sqrt(t(n-1)² · s²/n + z² · Var_r[mean over seeds of replicate r]). This is a two-level
+    (hierarchical) bootstrap in which the seed level, with its few values, is replaced by its
+    exact t form; its coverage is simulated in `tests/test_intervals.py`."""
+    seeds = sorted(s for s in seed_values if s in replicates and math.isfinite(seed_values[s]))
+    if len(seeds) < 2:
+        return seed_interval([seed_values[s] for s in seeds])
+    x = np.array([seed_values[s] for s in seeds], dtype=float)
+    reps = np.vstack([np.asarray(replicates[s], dtype=float) for s in seeds])  # (n, R)
+    reps = reps[:, np.isfinite(reps).all(axis=0)]
+    n = len(x)
+    mean = float(x.mean())
+    if reps.shape[1] < 2:
+        return seed_interval(x)
+    t = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)
+    z = scipy_stats.norm.ppf(0.5 + confidence / 2)
+    var_seeds = x.var(ddof=1) / n
+    var_prompts = reps.mean(axis=0).var(ddof=1)
+    half = math.sqrt(t**2 * var_seeds + z**2 * var_prompts)
+    return Estimate(mean, mean - half, mean + half, n, OVER_SEEDS_AND_PROMPTS)
+
+
+def interval(
+    seed_values: Mapping[int, float], replicates: Mapping[int, np.ndarray] | None = None
+) -> Estimate:
+    """`hierarchical_interval` where every seed has replicates, else `seed_interval`."""
+    if replicates and all(s in replicates for s in seed_values):
+        return hierarchical_interval(seed_values, replicates)
+    return seed_interval(seed_values.values())
+
+
+def _with_p_value(est: Estimate, confidence: float = CONFIDENCE) -> Estimate:
+    """The paired test of 'no difference': t = mean / se with n - 1 degrees of freedom, se being
+    the interval's half-width over the t quantile (conservative where prompts add to it)."""
+    if not est.has_interval:
+        return est
+    half = (est.high - est.low) / 2
+    se = half / scipy_stats.t.ppf(0.5 + confidence / 2, est.n - 1)
+    if se == 0:
+        p = 0.0 if est.mean != 0 else 1.0
+    else:
+        p = float(2 * scipy_stats.t.sf(abs(est.mean) / se, est.n - 1))
+    return Estimate(est.mean, est.low, est.high, est.n, est.over, p)
 
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """`objective - baseline` paired by seed: the mean difference with its bootstrap interval,
-    and on how many of the paired seeds the objective is strictly better."""
+    """`objective - baseline` paired by seed (and by prompt resample): the mean difference with
+    its interval and paired test, and on how many paired seeds the objective is better."""
 
     diff: Estimate
     n_better: int
@@ -85,28 +135,34 @@ def paired_difference(
     objective: Mapping[int, float],
     baseline: Mapping[int, float],
     higher_is_better: bool | None,
-    n_resamples: int = N_RESAMPLES,
-    confidence: float = CONFIDENCE,
-    seed: int = BOOTSTRAP_SEED,
+    objective_replicates: Mapping[int, np.ndarray] | None = None,
+    baseline_replicates: Mapping[int, np.ndarray] | None = None,
 ) -> PairedComparison:
     """Compare two objectives seed by seed: only seeds present (with finite values) on both
-    sides count. Better means a higher difference if `higher_is_better`, lower if not; with no
-    direction (None) no seed counts as better."""
+    sides count; where both have replicates, replicate r minus replicate r (the same prompts)
+    gives the prompt part of the interval. Better means a higher difference if
+    `higher_is_better`, lower if not; with no direction (None) no seed counts as better."""
     seeds = sorted(
         s
         for s in set(objective) & set(baseline)
         if math.isfinite(objective[s]) and math.isfinite(baseline[s])
     )
-    diffs = np.array([objective[s] - baseline[s] for s in seeds], dtype=float)
+    diffs = {s: objective[s] - baseline[s] for s in seeds}
+    reps = None
+    if objective_replicates and baseline_replicates:
+        reps = {
+            s: np.asarray(objective_replicates[s]) - np.asarray(baseline_replicates[s])
+            for s in seeds
+            if s in objective_replicates and s in baseline_replicates
+        }
+    values = np.array(list(diffs.values()), dtype=float)
     if higher_is_better is None:
         n_better = 0
     elif higher_is_better:
-        n_better = int((diffs > 0).sum())
+        n_better = int((values > 0).sum())
     else:
-        n_better = int((diffs < 0).sum())
-    return PairedComparison(
-        bootstrap_ci(diffs, n_resamples, confidence, seed), n_better, len(seeds)
-    )
+        n_better = int((values < 0).sum())
+    return PairedComparison(_with_p_value(interval(diffs, reps)), n_better, len(seeds))
 
 
 def normalise(values: Iterable[float], low: float, high: float) -> np.ndarray:

@@ -21,37 +21,34 @@ from beyondmle.reports.render import md_escape
 # statistics on hand examples
 
 
-def test_bootstrap_identical_values_give_a_zero_width_interval_at_the_value() -> None:
-    est = stats.bootstrap_ci([0.1] * 5)
+def test_identical_seed_values_give_a_zero_width_interval_at_the_value() -> None:
+    est = stats.seed_interval([0.1] * 5)
     assert est.mean == pytest.approx(0.1)
-    assert est.low == est.high == pytest.approx(0.1)
-    assert est.n == 5
+    assert est.low == pytest.approx(0.1) and est.high == pytest.approx(0.1)
+    assert est.n == 5 and est.over == "seeds"
 
 
-def test_bootstrap_two_values_hand_checked() -> None:
-    # Resample means of [0, 1] are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 2.5% and
-    # 97.5% percentiles are the extremes.
-    est = stats.bootstrap_ci([0.0, 1.0])
-    assert (est.mean, est.low, est.high, est.n) == (0.5, 0.0, 1.0, 2)
+def test_two_seeds_hand_checked() -> None:
+    # [0, 1]: mean 0.5, s = sqrt(0.5), se = s / sqrt(2) = 0.5; t(1) at 97.5% = 12.7062.
+    est = stats.seed_interval([0.0, 1.0])
+    assert (est.mean, est.n) == (0.5, 2)
+    assert est.low == pytest.approx(0.5 - 12.7062 * 0.5, abs=1e-3)
+    assert est.high == pytest.approx(0.5 + 12.7062 * 0.5, abs=1e-3)
 
 
-def test_bootstrap_small_sample_contains_the_mean_within_the_range_and_is_deterministic() -> None:
+def test_a_lower_confidence_gives_a_narrower_interval_around_the_same_mean() -> None:
     values = [1.0, 2.0, 3.0, 4.0, 10.0]
-    est = stats.bootstrap_ci(values)
-    assert est.mean == pytest.approx(4.0)
-    assert 1.0 <= est.low < est.mean < est.high <= 10.0
-    assert stats.bootstrap_ci(values) == est  # same generator seed, same interval
-    other = stats.bootstrap_ci(values, seed=1)
-    assert other.low == pytest.approx(est.low, abs=0.3)  # another seed: close, not identical
-    narrower = stats.bootstrap_ci(values, confidence=0.5)
-    assert est.low <= narrower.low <= narrower.high <= est.high
+    est = stats.seed_interval(values)
+    narrower = stats.seed_interval(values, confidence=0.5)
+    assert est.mean == narrower.mean == pytest.approx(4.0)
+    assert est.low < narrower.low < narrower.high < est.high
 
 
-def test_bootstrap_one_value_has_no_interval_and_missing_values_are_dropped() -> None:
-    one = stats.bootstrap_ci([3.0, math.nan])
+def test_one_value_has_no_interval_and_missing_values_are_dropped() -> None:
+    one = stats.seed_interval([3.0, math.nan])
     assert one.mean == 3.0 and one.n == 1 and not one.has_interval
     assert math.isnan(one.low) and math.isnan(one.high)
-    assert stats.bootstrap_ci([]).n == 0
+    assert stats.seed_interval([]).n == 0
 
 
 def test_paired_difference_hand_example() -> None:
@@ -62,9 +59,11 @@ def test_paired_difference_hand_example() -> None:
     assert cmp.n == 3
     assert cmp.diff.mean == pytest.approx(0.125)
     assert cmp.n_better == 2 and cmp.share_better == pytest.approx(2 / 3)
-    # A resample of three all at -0.125 has probability 1/27 (3.7% > 2.5%), all at +0.25
-    # (2/3)^3: the interval runs from the smallest to the largest difference.
-    assert (cmp.diff.low, cmp.diff.high) == (-0.125, 0.25)
+    # s² = (0.125² + 0.25² + 0.125²) / 2 = 0.046875, se = sqrt(s² / 3) = 0.125;
+    # t(2) at 97.5% = 4.3027; the paired t statistic 0.125 / 0.125 = 1 gives p = 0.4226.
+    assert cmp.diff.low == pytest.approx(0.125 - 4.3027 * 0.125, abs=1e-4)
+    assert cmp.diff.high == pytest.approx(0.125 + 4.3027 * 0.125, abs=1e-4)
+    assert cmp.diff.p_value == pytest.approx(0.4226, abs=1e-4)
     lower = stats.paired_difference(objective, baseline, higher_is_better=False)
     assert lower.n_better == 1 and lower.diff == cmp.diff
     assert stats.paired_difference(objective, baseline, None).n_better == 0
@@ -141,7 +140,21 @@ def test_train_log_gives_validation_rows_tokens(tmp_path: Path) -> None:
     log = read_train_log(path)
     val = log[log["split"] == "val"]
     assert list(val["tokens"]) == [1100.0] and list(val["loss"]) == [4.5]
-    assert list(log.loc[log["split"] == "train", "tokens"]) == [100.0, 1100.0]
+    # train/loss is the objective's own loss, not comparable across objectives
+    assert list(log.loc[log["split"] == "objective", "tokens"]) == [100.0, 1100.0]
+    assert log.loc[log["split"] == "train"].empty
+
+
+def test_train_log_takes_the_teacher_forced_nll_as_the_train_curve(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text(
+        "step,train/loss,train/tf_nll,train/nll,train/tokens\n0,9.0,5.0,6.0,100\n10,8.0,,,1100\n",
+        encoding="utf-8",
+    )
+    log = read_train_log(path)
+    train = log[log["split"] == "train"]
+    assert list(train["loss"]) == [5.0] and list(train["tokens"]) == [100.0]
+    assert list(log.loc[log["split"] == "objective", "loss"]) == [9.0, 8.0]
 
 
 def test_markdown_escaping_neutralises_markup() -> None:
@@ -240,7 +253,7 @@ def test_page_is_self_contained(built) -> None:
     assert sources and all(s.startswith(("data:image/png;base64,", "#")) for s in sources)
     assert "http://" not in html and "https://" not in html
     assert "Content-Security-Policy" in html
-    assert html.count("<img ") == 3
+    assert html.count("<img ") == 4  # gap, frontier, training and objective curves
 
 
 def test_failed_cell_is_listed_with_its_escaped_error(built) -> None:
@@ -298,7 +311,7 @@ def test_report_degrades_without_mauve_and_with_one_seed(tmp_path: Path) -> None
     assert "MAUVE was not computed" in html  # the gap chart says what it uses instead
     assert "Quality: 1 − seq-rep-4" in html
     ppl = column(headline, "test perplexity")["mle"][0]
-    assert "n=1" in ppl and "[" not in ppl
+    assert "n/a (1 seed)" in ppl and "[" not in ppl
     assert "No cell failed." in html
 
 
