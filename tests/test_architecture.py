@@ -32,6 +32,7 @@ LAYERS = {
     "beyondmle.paths": LEAF,
     "beyondmle.feature_cache": LEAF,
     "beyondmle.precision": LEAF,
+    "beyondmle.rl": LEAF,
     "beyondmle.metrics": LEAF,  # the public functions; plain inputs
     "beyondmle.api": CONTRACT,
     "beyondmle.data": SCIENCE,
@@ -40,6 +41,9 @@ LAYERS = {
     "beyondmle.corpora": SCIENCE,
     "beyondmle.metrics.builtin": SCIENCE,
     "beyondmle.metrics.featurizers": SCIENCE,
+    "beyondmle.metrics.oracle": SCIENCE,
+    "beyondmle.oracles": SCIENCE,
+    "beyondmle.oracle_corpus": SCIENCE,
     "beyondmle.objectives": SCIENCE,
     "beyondmle.spec": MATRIX,
     "beyondmle.cells": MATRIX,
@@ -56,6 +60,8 @@ PLUGINS = (
     "beyondmle.corpora",
     "beyondmle.metrics.builtin",
     "beyondmle.metrics.featurizers",
+    "beyondmle.metrics.oracle",
+    "beyondmle.oracle_corpus",
     "beyondmle.objectives.",
 )
 REPORT = "beyondmle.reports"

@@ -19,7 +19,7 @@ REPO = Path(__file__).parents[1]
 
 BUILTIN = {
     "objectives": {"mle", "scheduled_sampling", "adversarial", "denoising", "unlikelihood"},
-    "corpora": {"ptb", "text"},
+    "corpora": {"oracle", "ptb", "text"},
     "metrics": {
         "perplexity",
         "continuation",
@@ -30,6 +30,11 @@ BUILTIN = {
         "zipf",
         "mauve",
         "fed",
+        "repetition",
+        "oracle_quality",
+        "oracle_coverage",
+        "exposure_bias",
+        "modes",
     },
     "featurizers": {"minilm", "gpt2-large"},
 }

@@ -497,7 +497,7 @@ metrics = ["perplexity", "token_stats"]
 
 BUILTIN = {
     "objectives": {"mle", "scheduled_sampling", "adversarial", "denoising", "unlikelihood"},
-    "corpora": {"ptb", "text"},
+    "corpora": {"oracle", "ptb", "text"},
     "metrics": {
         "perplexity",
         "continuation",
@@ -508,6 +508,11 @@ BUILTIN = {
         "zipf",
         "mauve",
         "fed",
+        "repetition",
+        "oracle_quality",
+        "oracle_coverage",
+        "exposure_bias",
+        "modes",
     },
 }
 

@@ -167,8 +167,8 @@ def test_cli_list_prints_every_objective_and_corpus(capsys):
     out = capsys.readouterr().out
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
     assert set(available_objectives()) <= listed
-    assert set(available_corpora()) == {"ptb", "text"}
-    assert {"ptb", "text"} <= listed
+    assert set(available_corpora()) == {"oracle", "ptb", "text"}
+    assert {"oracle", "ptb", "text"} <= listed
     assert out.index("objectives:") < out.index("corpora:") < out.index("metrics:")
 
 
