@@ -6,14 +6,20 @@ A cell's id is a hash of its resolved configuration, so re-running a spec finds 
 In the fine-tuning regime (`[regime] kind = "finetune"`) a shared MLE base is its own cell
 (`role = "base"`): trained once per corpus and model (or once per seed), evaluated like any
 cell, resumable and shardable. Every objective, MLE included as the control, then fine-tunes
-from it; a fine-tuning cell's id includes its base's, so a new base makes new cells."""
+from it; a fine-tuning cell's id includes its base's, so a new base makes new cells.
+
+With a `[[preferences]]` table, a reward model is a cell too (`role = "reward"`): trained once
+per corpus, reference (the base), preference source and seed, from pairs its source draws.
+Objectives that learn from preferences (`Objective.uses`) depend on it, and its id is in
+theirs; every other cell of the corpus is scored by it at evaluation (the proxy and gold
+reward of MLE's control), which does not change what that cell trains."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from beyondmle.api import get_objective
 from beyondmle.model import ModelConfig
@@ -21,6 +27,7 @@ from beyondmle.spec import CorpusSpec, ObjectiveVariant, Spec
 from beyondmle.training import TrainingConfig
 
 BASE_LABEL = "mle-base"
+REWARD_LABEL = "reward-model"
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,15 @@ class Cell:
     objective: ObjectiveVariant
     seed: int
     base: Cell | None = None  # the cell whose model this one fine-tunes
-    role: str = "train"  # or "base": a shared MLE base of the fine-tuning regime
+    role: str = "train"  # "base": a shared MLE base; "reward": a reward model
+    reward: Cell | None = None  # the reward model cell this one learns from
+    # The reward model that scores this cell at evaluation; not part of what it trains.
+    scorer: Cell | None = field(default=None, compare=False)
+
+    @property
+    def dependencies(self) -> list[Cell]:
+        """Cells that must be done before this one runs, in order."""
+        return [c for c in (self.base, self.reward or self.scorer) if c is not None]
 
     @property
     def config(self) -> dict:
@@ -49,6 +64,8 @@ class Cell:
             config["role"] = self.role
         if self.base is not None:
             config["base"] = {"id": self.base.id, "seed": self.base.seed}
+        if self.reward is not None:
+            config["reward"] = {"id": self.reward.id, "seed": self.reward.seed}
         return config
 
     @property
@@ -68,9 +85,19 @@ def base_cell(spec: Spec, corpus: CorpusSpec, seed: int) -> Cell:
     return Cell(corpus, spec.model, spec.base_training, mle, base_seed, role="base")
 
 
+def reward_cell(spec: Spec, corpus: CorpusSpec, base: Cell, seed: int) -> Cell | None:
+    """The reward model of `corpus` for `seed`, learnt from the spec's preferences for it with
+    `base` as the reference; None without a `[[preferences]]` table for the corpus."""
+    preferences = spec.preferences_for(corpus)
+    if preferences is None:
+        return None
+    variant = ObjectiveVariant(preferences.source, preferences.settings, REWARD_LABEL)
+    return Cell(corpus, spec.model, spec.training, variant, seed, base=base, role="reward")
+
+
 def expand(spec: Spec) -> list[Cell]:
     """All cells of a spec: corpora × seeds × objective variants, in a stable order; in the
-    fine-tuning regime the bases come first."""
+    fine-tuning regime the bases come first, then the reward models."""
     if spec.regime.kind != "finetune":
         return [
             Cell(corpus, spec.model, spec.training, objective, seed)
@@ -80,16 +107,30 @@ def expand(spec: Spec) -> list[Cell]:
         ]
     cells: list[Cell] = []
     bases: list[Cell] = []
+    rewards: list[Cell] = []
     for corpus in spec.corpora:
         for seed in spec.seeds:
             base = base_cell(spec, corpus, seed)
             if base not in bases:
                 bases.append(base)
-            cells += [
-                Cell(corpus, spec.model, spec.training, objective, seed, base=base)
-                for objective in spec.objectives
-            ]
-    return bases + cells
+            reward = reward_cell(spec, corpus, base, seed)
+            if reward is not None:
+                rewards.append(reward)
+            for objective in spec.objectives:
+                learns = get_objective(objective.name).uses & {"reward_model", "preference_pairs"}
+                cells.append(
+                    Cell(
+                        corpus,
+                        spec.model,
+                        spec.training,
+                        objective,
+                        seed,
+                        base=base,
+                        reward=reward if learns else None,
+                        scorer=reward,
+                    )
+                )
+    return bases + rewards + cells
 
 
 def select_shard(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:

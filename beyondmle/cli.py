@@ -76,7 +76,14 @@ def _first_line(obj: object) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from beyondmle.api import CORPORA, FEATURIZERS, METRICS, OBJECTIVES
+    from beyondmle.api import (
+        CORPORA,
+        FEATURIZERS,
+        METRICS,
+        OBJECTIVES,
+        PREFERENCE_SOURCES,
+        REWARD_FUNCTIONS,
+    )
 
     print("objectives:")
     for name, cls in OBJECTIVES.items().items():
@@ -92,6 +99,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("featurizers:")
     for name, cls in FEATURIZERS.items().items():
         print(f"  {name:20s} {_first_line(cls)}")
+    print("preference sources:")
+    for name, cls in PREFERENCE_SOURCES.items().items():
+        print(f"  {name:20s} {_first_line(cls)}")
+    print("reward functions:")
+    for name, fn in REWARD_FUNCTIONS.items().items():
+        print(f"  {name:20s} {_first_line(fn)}")
     return 0
 
 

@@ -60,6 +60,9 @@ class RunConsole:
     verbosity: int = NORMAL
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     counts: Counter = field(default_factory=Counter)  # (category, text) -> occurrences
+    # Per cell, in run order: its kind (cells of one kind take about as long) and its training
+    # tokens; without them every cell counts the same in the matrix ETA.
+    costs: list[tuple[str, float]] | None = None
 
     def __post_init__(self) -> None:
         self.started = time.monotonic()
@@ -67,6 +70,8 @@ class RunConsole:
         self.cell_started = self.started
         self._live = False
         self._last_draw = 0.0
+        self.durations: dict[str, list[float]] = {}
+        self.seconds_per_token: list[tuple[float, float]] = []  # (seconds, tokens) per cell
         self.live_enabled = self.verbosity >= NORMAL and self.stream.isatty()
 
     # -- cell events ---------------------------------------------------------------------------
@@ -78,15 +83,36 @@ class RunConsole:
         suffix = f", matrix ETA {_duration(eta)}" if eta is not None else ""
         self._line(f"[{index}/{self.total_cells}] {description}: {status}{suffix}")
 
-    def cell_finished(self) -> None:
+    def cell_finished(self, index: int = 0) -> None:
         self.finished += 1
+        if self.costs and 1 <= index <= len(self.costs):
+            kind, tokens = self.costs[index - 1]
+            seconds = time.monotonic() - self.cell_started
+            self.durations.setdefault(kind, []).append(seconds)
+            self.seconds_per_token.append((seconds, tokens))
+
+    def _expected(self, kind: str, tokens: float) -> float:
+        """Seconds a cell should take: the mean of finished cells of its kind, else the
+        finished cells' seconds per training token times its tokens."""
+        if kind in self.durations:
+            return sum(self.durations[kind]) / len(self.durations[kind])
+        seconds = sum(s for s, _ in self.seconds_per_token)
+        spent = sum(t for _, t in self.seconds_per_token)
+        return seconds / spent * tokens if spent else seconds / len(self.seconds_per_token)
 
     def matrix_eta(self, cells_before: int, cell_fraction: float) -> float | None:
-        """Seconds left in the matrix, from the time per finished cell so far."""
+        """Seconds left in the matrix: each remaining cell as long as finished cells of its
+        kind (a shared base is not a fine-tuning cell), or, without costs, the mean cell."""
         if not self.finished:
             return None
-        per_cell = (time.monotonic() - self.started) / self.finished
-        return max(0.0, (self.total_cells - cells_before - cell_fraction) * per_cell)
+        if not self.costs or not self.seconds_per_token:
+            per_cell = (time.monotonic() - self.started) / self.finished
+            return max(0.0, (self.total_cells - cells_before - cell_fraction) * per_cell)
+        left = self.costs[cells_before:]
+        total = sum(self._expected(kind, tokens) for kind, tokens in left)
+        if left and cell_fraction:
+            total -= cell_fraction * self._expected(*left[0])
+        return max(0.0, total)
 
     # -- the live line -------------------------------------------------------------------------
 

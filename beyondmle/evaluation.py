@@ -142,13 +142,34 @@ class EvaluationConfig(Settings):
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of a tokenizer: metric values under another tokenizer never compare."""
+    return hashlib.sha256(tokenizer.to_json().encode()).hexdigest()[:12]
+
+
+@dataclass
+class PreferenceInputs:
+    """What the preference metrics need in a run with preferences: the reference policy (None
+    for the base itself), the proxy and gold rewards, the held-out pairs, and the reward
+    model's cell id (part of those metrics' fingerprints)."""
+
+    reference: CausalLM | None
+    reward: object
+    gold: object
+    heldout_pairs: object
+    reward_id: str
+
+
 @dataclass
 class Evaluator:
-    """Evaluates one trained model on one corpus under one evaluation config."""
+    """Evaluates one trained model on one corpus under one evaluation config; metrics whose
+    inputs this cell lacks (a reference for the base itself, a reward model in a run without
+    preferences) are left out."""
 
     model: CausalLM
     corpus: Corpus
     config: EvaluationConfig
+    preferences: PreferenceInputs | None = None
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -158,13 +179,14 @@ class Evaluator:
         self.prompts = pairs.prompts
         self.references = pairs.continuations.tolist()
         self.block_size = self.model.info.context_length
-        tokenizer_hash = hashlib.sha256(self.corpus.tokenizer.to_json().encode()).hexdigest()[:12]
+        tokenizer_hash = tokenizer_fingerprint(self.corpus.tokenizer)
         self.settings = {
             **asdict(cfg),
             "tokenizer": tokenizer_hash,
             "block_size": self.block_size,
+            "reward_model": self.preferences.reward_id if self.preferences else None,
         }
-        self.metrics = [get_metric(name) for name in cfg.metrics]
+        self.metrics = [m for m in (get_metric(name) for name in cfg.metrics) if self._can(m)]
         # The same prompt resamples in every cell (seeded by sample_seed): replicate r of two
         # objectives scores the same prompts, so their differences are paired.
         self.resamples = (
@@ -172,6 +194,19 @@ class Evaluator:
             if cfg.bootstrap_replicates and self.references
             else None
         )
+
+    def _can(self, metric: Metric) -> bool:
+        p = self.preferences
+        if "reward" in metric.needs and p is None:
+            return False
+        return "reference" not in metric.needs or (p is not None and p.reference is not None)
+
+    def _with_preferences(self, inputs: EvalInputs) -> EvalInputs:
+        if self.preferences is not None:
+            p = self.preferences
+            inputs.reference, inputs.reward, inputs.gold = p.reference, p.reward, p.gold
+            inputs.heldout_pairs = p.heldout_pairs
+        return inputs
 
     def _rows(self, metrics: list[Metric], decoding: str, inputs: EvalInputs):
         rows, fingerprints = [], []
@@ -205,7 +240,7 @@ class Evaluator:
             oracle=getattr(self.corpus, "oracle", None),
             bos=self.corpus.tokenizer.eos_id,
         )
-        return self._rows(metrics, "", inputs)
+        return self._rows(metrics, "", self._with_preferences(inputs))
 
     def generate(self, decoding: DecodingConfig, seed: int) -> list[list[int]]:
         """Continuations of every prompt, exactly `continuation_tokens` long."""
@@ -262,7 +297,7 @@ class Evaluator:
             references = [ref[: len(s)] for ref, s in zip(self.references, samples, strict=True)]
             inputs.p_features = self._features(references)
             inputs.q_features = self._features(samples)
-        return self._rows(metrics, decoding.label, inputs)
+        return self._rows(metrics, decoding.label, self._with_preferences(inputs))
 
     def _features(self, token_lists: list[list[int]]):
         """Sentence features, cached on disk by text, so the human side costs nothing after the

@@ -6,8 +6,11 @@ from a short probe on this machine: each distinct objective variant trains a few
 (the real objective, model size, batch and precision) at three points of its budget — early,
 middle and late, so warm starts and late phases such as sequence-level unlikelihood are seen —
 and one batch of evaluation prompts is generated, featurized and scored with MAUVE where the
-spec asks for it. Seeds share their variant's probe. Nothing is written to the results
-directory.
+spec asks for it. Seeds share their variant's probe. An objective that learns from preferences
+is probed with stand-ins of the same size for its reference, reward model and pairs (the real
+ones do not exist before the run); a reward model's cell is estimated from its pairs: two
+samples per pair, and Bradley-Terry steps as forward-backward passes over both sides. Nothing is
+written to the results directory.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from beyondmle.api import Corpus, get_featurizer
+from beyondmle.api import Corpus, PreferencePairs, Resources, get_featurizer, get_preference_source
 from beyondmle.cells import Cell, expand, select_shard
 from beyondmle.console import RunConsole, captured_stderr
 from beyondmle.data import LanguageDataModule
@@ -31,6 +34,7 @@ from beyondmle.decoding import DecodingConfig, generate
 from beyondmle.metrics.distributional import mauve
 from beyondmle.model import GPT, ModelConfig
 from beyondmle.precision import choose_precision, describe_cpu
+from beyondmle.reward import reward_model_from
 from beyondmle.runner import corpus_key, load_corpora
 from beyondmle.spec import Spec
 from beyondmle.training import ObjectiveModule, build_trainer
@@ -71,7 +75,24 @@ class _StepTimer(Callback):
             trainer.should_stop = True
 
 
-def probe_training(cell: Cell, corpus: Corpus, precision: str) -> Probe:
+def stand_in_resources(model_config: ModelConfig, spec: Spec) -> Resources:
+    """A reference, a reward model and pairs of the real sizes, for timing only."""
+    reference = GPT(model_config).eval().requires_grad_(False)
+    reward = reward_model_from(reference).eval().requires_grad_(False)
+    e = spec.evaluation
+    n = 256
+    V = model_config.vocab_size
+    pairs = PreferencePairs(
+        torch.randint(4, V, (n, e.prompt_tokens)),
+        torch.randint(4, V, (n, e.continuation_tokens)),
+        torch.randint(4, V, (n, e.continuation_tokens)),
+    )
+    return Resources(reference, reward.score_all, reward, pairs, None)
+
+
+def probe_training(
+    cell: Cell, corpus: Corpus, precision: str, resources: Resources | None = None
+) -> Probe:
     """Seconds and FLOPs per training step of a cell's variant, at PROBE_POINTS."""
     model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)
     training = replace(cell.training, val_every_steps=10**9, checkpoint_every_steps=10**9)
@@ -85,6 +106,7 @@ def probe_training(cell: Cell, corpus: Corpus, precision: str) -> Probe:
             cell.objective.settings,
             asdict(training),
             asdict(corpus.tokenizer.special),
+            resources=resources,
         )
         if training.by_flops:
             module.flops_done.fill_(point * training.budget_flops)
@@ -159,12 +181,19 @@ def make_plan(
     evals: dict[str, float] = {}
     plans = []
     for cell in cells:
-        variant = repr((cell.corpus, cell.model, cell.training, cell.objective))
         corpus = corpora[corpus_key(cell.corpus)]
+        if cell.role == "reward":
+            plans.append(reward_plan(spec, cell, corpus, status, probes, report))
+            continue
+        variant = repr((cell.corpus, cell.model, cell.training, cell.objective))
         precision = choose_precision(cell.training.precision, cell.training.accelerator)
         if variant not in probes:
             report(f"probing {cell.describe().rsplit(' / seed', 1)[0]} ...")
-            probes[variant] = probe_training(cell, corpus, precision.precision)
+            resources = None
+            if cell.base is not None and (cell.reward or cell.scorer) is not None:
+                model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)
+                resources = stand_in_resources(model_config, spec)
+            probes[variant] = probe_training(cell, corpus, precision.precision, resources)
         key = repr((cell.corpus, cell.model))
         if key not in evals:
             evals[key] = probe_evaluation(spec, cell, corpus, console)
@@ -186,6 +215,42 @@ def make_plan(
             )
         )
     return plans
+
+
+def reward_plan(
+    spec: Spec, cell: Cell, corpus: Corpus, status: dict, probes: dict, report
+) -> CellPlan:
+    """A reward cell's estimate: sampling both sides of every pair, then Bradley-Terry steps,
+    timed as MLE steps of the base's size over the same number of token positions."""
+    settings = get_preference_source(cell.objective.name).Settings(**cell.objective.settings)
+    e = spec.evaluation
+    width = e.prompt_tokens + e.continuation_tokens
+    pairs = settings.pairs + settings.heldout_pairs
+    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)
+    mle = Cell(cell.corpus, cell.model, cell.training, cell.base.objective, cell.seed)
+    key = repr((mle.corpus, mle.model, mle.training, mle.objective))
+    if key not in probes:
+        report(f"probing {cell.corpus.name} / mle for the reward model ...")
+        precision = choose_precision(cell.training.precision, cell.training.accelerator)
+        probes[key] = probe_training(mle, corpus, precision.precision)
+    probe = probes[key]
+    positions = 2 * settings.pairs * width * settings.reward_epochs
+    step_positions = cell.training.tokens_per_step(model_config.block_size)
+    model = GPT(model_config).eval()
+    prompts = torch.randint(4, model_config.vocab_size, (64, e.prompt_tokens))
+    start = time.perf_counter()
+    generate(model, prompts, e.continuation_tokens, DecodingConfig())
+    sampling = (time.perf_counter() - start) * 2 * pairs / 64
+    steps = max(1, -(-settings.pairs // settings.reward_batch_size)) * settings.reward_epochs
+    return CellPlan(
+        cell,
+        status.get(cell.id, "new"),
+        steps,
+        0,
+        probe.flops_per_step * positions / step_positions,
+        sampling + probe.seconds_per_step * positions / step_positions,
+        0.0,
+    )
 
 
 def _minutes(seconds: float) -> str:

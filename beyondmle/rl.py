@@ -6,8 +6,14 @@ Every formula cites its paper; `tests/test_rl.py` checks each against a hand com
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
+
+from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.settings import Problem
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -87,3 +93,51 @@ def kl_k3(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     negative, low variance (Schulman 2020)."""
     log_ratio = log_q - log_p
     return torch.expm1(log_ratio) - log_ratio
+
+
+def continuation_log_probs(
+    model, prompts: torch.Tensor, continuations: torch.Tensor
+) -> torch.Tensor:
+    """log p(y_t | x, y_<t) (n, L) of each continuation token after its prompt, under a causal
+    LM with `hidden_states` and `logits` (the model interface); gradients flow where enabled."""
+    P = prompts.size(1)
+    ids = torch.cat([prompts, continuations], dim=1)
+    hidden = model.hidden_states(ids[:, :-1])[:, P - 1 :]  # the positions that predict y
+    log_probs = F.log_softmax(model.logits(hidden).float(), dim=-1)
+    return log_probs.gather(-1, continuations[..., None]).squeeze(-1)
+
+
+def adaptive_kl_coef(beta: float, kl: float, target: float, n: int, horizon: int) -> float:
+    """The adaptive KL coefficient of Ziegler et al. 2019 (§2.2): beta (1 + K e) with
+    e = clip(KL / target - 1, -0.2, 0.2) and K = n / horizon for the n rollouts just seen."""
+    error = min(0.2, max(-0.2, kl / target - 1.0))
+    return beta * (1.0 + error * n / horizon)
+
+
+@contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Dropout off for a policy's passes: the log-probabilities of a policy-gradient step must
+    be those of the policy that sampled (TRL disables the policy's dropout for the same
+    reason)."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def rollout(model, prompts: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """Continuations (n, length) of `prompts` at temperature 1, from the KV-cached sampler."""
+    rows = generate(model, prompts, length, DecodingConfig(), generator=generator)
+    return torch.tensor(rows, dtype=prompts.dtype, device=prompts.device)
+
+
+def check_rollout_fits(prompt_tokens: int, rollout_tokens: int, model: dict) -> list[Problem]:
+    """A prompt (the start of a training row) and its continuation must fit the context."""
+    block = model.get("block_size", 256)
+    if prompt_tokens + rollout_tokens > block:
+        expected = f"prompt_tokens + rollout_tokens <= model.block_size ({block})"
+        return [Problem("rollout_tokens", expected, prompt_tokens + rollout_tokens)]
+    return []

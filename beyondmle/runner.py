@@ -26,17 +26,39 @@ from typing import TextIO
 import lightning as L
 import torch
 
-from beyondmle.api import Corpus, ObjectiveDiverged, load_corpus
+from beyondmle.api import (
+    Corpus,
+    ObjectiveDiverged,
+    fingerprint,
+    get_metric,
+    get_preference_source,
+    load_corpus,
+)
 from beyondmle.cells import Cell, expand, select_shard
 from beyondmle.console import NORMAL, VERBOSE, RunConsole, captured_stderr
 from beyondmle.data import LanguageDataModule, check_corpus_fits, derive_seed
-from beyondmle.evaluation import Evaluator, metric_info, sample_file_name
+from beyondmle.evaluation import (
+    Evaluator,
+    FingerprintRow,
+    MetricRow,
+    PreferenceInputs,
+    metric_info,
+    sample_file_name,
+    tokenizer_fingerprint,
+)
 from beyondmle.model import ModelConfig
 from beyondmle.paths import atomic_write_text
 from beyondmle.precision import choose_precision, describe_cpu
 from beyondmle.results import ResultsDB, worker_id
+from beyondmle.reward import (
+    PAIRS_FILE,
+    REWARD_FILE,
+    policy_resources,
+    probe_prompts,
+    train_reward_model,
+)
 from beyondmle.spec import CorpusSpec, Spec
-from beyondmle.training import ObjectiveModule, ProgressLog, build_trainer, load_model
+from beyondmle.training import ObjectiveModule, Probe, ProgressLog, build_trainer, load_model
 
 PACKAGES = (
     "beyondmle",
@@ -112,15 +134,16 @@ def run_spec(
 ) -> RunSummary:
     out_dir = Path(out_dir)
     cells = select_shard(expand(spec), shard)
-    console = RunConsole(len(cells), verbosity, stream or sys.stderr)
+    console = RunConsole(len(cells), verbosity, stream or sys.stderr, costs=_costs(cells))
     with console.capture():
         corpora = load_corpora(spec)
         db = ResultsDB(out_dir)
         run_id = uuid.uuid4().hex[:12]
         worker = worker_id(run_id)
         db.start_run(run_id, spec.path, spec.text, git_commit(), package_versions())
-        db.record_metric_info(metric_info(spec.evaluation.metrics))
-        for cell in [c.base for c in cells if c.base is not None] + cells:
+        preference_metrics = ["reward_model"] if spec.preferences else []
+        db.record_metric_info(metric_info([*spec.evaluation.metrics, *preference_metrics]))
+        for cell in _with_dependencies(cells):
             db.register_cell(
                 cell.id, cell.config, cell.corpus.name, cell.objective.label, cell.seed
             )
@@ -149,6 +172,17 @@ def run_spec(
     return summary
 
 
+def _costs(cells: list[Cell]) -> list[tuple[str, float]]:
+    """Each cell's kind for the matrix ETA (its role, objective and budget) and its tokens."""
+    return [
+        (
+            f"{c.role}/{c.objective.label}/{c.training.budget_tokens}",
+            float(c.training.budget_tokens),
+        )
+        for c in cells
+    ]
+
+
 def _run_one(
     index: int,
     cell: Cell,
@@ -164,15 +198,19 @@ def _run_one(
 ) -> None:
     """Claim, train, evaluate and record one cell; a crash is recorded, never raised."""
     label = f"{cell.describe()} ({cell.id})"
-    if cell.base is not None and not _base_ready(
-        cell, spec, corpora, db, run_id, worker, out_dir, console, summary, retry_failed
-    ):
-        reason = f"its base cell {cell.base.id} failed; run again with --retry-failed"
-        if db.claim(cell.id, worker, retry_failed):
-            db.fail_cell(cell.id, run_id, reason)
-            summary.failed[cell.id] = reason
-        console.cell(index, label, f"FAILED: {reason}")
-        return
+    for dependency in cell.dependencies:
+        if not _dependency_ready(
+            dependency, spec, corpora, db, run_id, worker, out_dir, console, summary, retry_failed
+        ):
+            reason = (
+                f"the {dependency.role} cell {dependency.id} it needs failed; run again with "
+                "--retry-failed"
+            )
+            if db.claim(cell.id, worker, retry_failed):
+                db.fail_cell(cell.id, run_id, reason)
+                summary.failed[cell.id] = reason
+            console.cell(index, label, f"FAILED: {reason}")
+            return
     if not db.claim(cell.id, worker, retry_failed):
         summary.skipped.append(cell.id)
         console.cell(index, label, f"skipped ({db.cell_status(cell.id)})")
@@ -191,12 +229,12 @@ def _run_one(
         reason = _failure_reason(e)
         db.fail_cell(cell.id, run_id, reason)
         summary.failed[cell.id] = reason
-        console.cell_finished()
+        console.cell_finished(index)
         console.cell(index, label, f"FAILED: {reason.splitlines()[-1]}")
         return
     db.finish_cell(cell.id, run_id, train_seconds)
     summary.done.append(cell.id)
-    console.cell_finished()
+    console.cell_finished(index)
     console.cell(index, label, "done")
 
 
@@ -222,7 +260,8 @@ def damaged_steps(db: ResultsDB, cell: Cell, out_dir: Path) -> dict[str, str]:
     """Finished steps of a cell whose files are gone or damaged: step -> what is wrong."""
     steps = set(db.finished_steps(cell.id))
     damaged = {}
-    checkpoint = out_dir / "cells" / cell.id / "model.ckpt"
+    weights = REWARD_FILE if cell.role == "reward" else "model.ckpt"
+    checkpoint = out_dir / "cells" / cell.id / weights
     if "train" in steps and not whole_checkpoint(checkpoint):
         what = "is damaged" if checkpoint.exists() else "is missing"
         damaged["train"] = f"{checkpoint} {what}, though the cell's training is recorded as done"
@@ -247,7 +286,8 @@ def _heal_or_fail(
     if retry_failed:
         db.drop_steps(cell.id, list(damaged))
         if "train" in damaged:
-            (out_dir / "cells" / cell.id / "model.ckpt").unlink(missing_ok=True)
+            weights = REWARD_FILE if cell.role == "reward" else "model.ckpt"
+            (out_dir / "cells" / cell.id / weights).unlink(missing_ok=True)
         db.fail_cell(cell.id, run_id, "damaged files; redone by --retry-failed")
         return
     redo = "trains it again" if "train" in damaged else "writes those samples again"
@@ -260,11 +300,21 @@ def _heal_or_fail(
     console.warn("results", f"cell {cell.id}: {reason}")
 
 
-BASE_POLL_SECONDS = 5.0
+DEPENDENCY_POLL_SECONDS = 5.0
 
 
-def _base_ready(
-    cell: Cell,
+def _with_dependencies(cells: list[Cell]) -> list[Cell]:
+    """The cells and every cell they depend on, dependencies first, each once."""
+    out: list[Cell] = []
+    for cell in cells:
+        for c in [*_with_dependencies(cell.dependencies), cell]:
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def _dependency_ready(
+    needed: Cell,
     spec: Spec,
     corpora: dict[str, Corpus],
     db: ResultsDB,
@@ -275,25 +325,24 @@ def _base_ready(
     summary: RunSummary,
     retry_failed: bool,
 ) -> bool:
-    """Make sure a fine-tuning cell's base is trained: done already, trained here now (also
-    when another shard listed it), or awaited while another runner trains it. False when the
-    base failed."""
-    base = cell.base
+    """Make sure a cell another depends on (a fine-tuning cell's base, a reward model) is done:
+    done already, run here now (also when another shard listed it), or awaited while another
+    runner runs it. False when it failed."""
     waiting = False
     while True:
-        status = db.cell_status(base.id)
+        status = db.cell_status(needed.id)
         if status == "done":
             return True
         if status == "failed" and not retry_failed:
             return False
-        if db.claim(base.id, worker, retry_failed):
-            db.release(base.id)
-            _run_one(0, base, spec, corpora, db, run_id, worker, out_dir, console, summary, True)
+        if db.claim(needed.id, worker, retry_failed):
+            db.release(needed.id)
+            _run_one(0, needed, spec, corpora, db, run_id, worker, out_dir, console, summary, True)
             continue
         if not waiting:
-            console.cell(0, f"{base.describe()} ({base.id})", "waiting for another runner")
+            console.cell(0, f"{needed.describe()} ({needed.id})", "waiting for another runner")
             waiting = True
-        time.sleep(BASE_POLL_SECONDS)
+        time.sleep(DEPENDENCY_POLL_SECONDS)
 
 
 def _failure_reason(e: Exception) -> str:
@@ -313,6 +362,8 @@ def run_cell(
     index: int = 1,
 ) -> float | None:
     """Train (or resume) and evaluate one cell; returns the training time of this call."""
+    if cell.role == "reward":
+        return run_reward_cell(cell, spec, corpus, db, out_dir)
     cell_dir = out_dir / "cells" / cell.id
     config = {
         **cell.config,
@@ -352,6 +403,7 @@ def run_cell(
             console,
             index,
             choice.precision,
+            spec,
         )
         train_seconds = time.monotonic() - start
         db.record_step(
@@ -365,7 +417,9 @@ def run_cell(
             compute=compute,
         )
     model, _, _ = load_model(cell_dir / "model.ckpt")
-    evaluator = Evaluator(model, corpus, spec.evaluation)
+    evaluator = Evaluator(
+        model, corpus, spec.evaluation, _preference_inputs(cell, spec, corpus, out_dir)
+    )
     suffix = spec.evaluation.fingerprint()
     step = f"model-metrics:{suffix}"
     if not db.step_done(cell.id, step):
@@ -385,6 +439,84 @@ def run_cell(
     return train_seconds
 
 
+def _resources(cell: Cell, spec: Spec, corpus: Corpus, out_dir: Path):
+    """The frozen resources of a fine-tuning cell in a run with preferences (reference, reward
+    model, pairs, gold reward) and the held-out pairs; (None, None) otherwise."""
+    scorer = cell.reward or cell.scorer
+    if cell.base is None or scorer is None:
+        return None, None
+    evaluation = spec.evaluation
+    return policy_resources(
+        out_dir / "cells" / cell.base.id / "model.ckpt",
+        out_dir / "cells" / scorer.id,
+        scorer.objective.name,
+        scorer.objective.settings,
+        corpus,
+        evaluation.prompt_tokens,
+        evaluation.continuation_tokens,
+        scorer.seed,
+    )
+
+
+def _preference_inputs(
+    cell: Cell, spec: Spec, corpus: Corpus, out_dir: Path
+) -> PreferenceInputs | None:
+    resources, heldout = _resources(cell, spec, corpus, out_dir)
+    if resources is None:
+        return None
+    scorer = cell.reward or cell.scorer
+    return PreferenceInputs(
+        resources.reference, resources.reward, resources.gold, heldout, scorer.id
+    )
+
+
+def run_reward_cell(
+    cell: Cell, spec: Spec, corpus: Corpus, db: ResultsDB, out_dir: Path
+) -> float | None:
+    """Draw a reward cell's preference pairs and train its reward model
+    (`beyondmle.reward`); its measurements are stored as the cell's `reward_model` values."""
+    cell_dir = out_dir / "cells" / cell.id
+    atomic_write_text(cell_dir / "config.json", json.dumps(cell.config, indent=2, sort_keys=True))
+    if db.step_done(cell.id, "train"):
+        return None
+    start = time.monotonic()
+    choice = choose_precision(cell.training.precision, cell.training.accelerator)
+    db.record_provenance(
+        cell.id,
+        {"precision": choice.precision, "precision_reason": choice.reason, "cpu": describe_cpu()},
+    )
+    measured, compute = train_reward_model(
+        cell.objective.name,
+        cell.objective.settings,
+        out_dir / "cells" / cell.base.id / "model.ckpt",
+        corpus,
+        spec.evaluation.prompt_tokens,
+        spec.evaluation.continuation_tokens,
+        cell.training,
+        cell.seed,
+        cell_dir,
+        choice.precision,
+    )
+    metric = get_metric("reward_model")
+    settings = {"tokenizer": tokenizer_fingerprint(corpus.tokenizer), "reward_model": cell.id}
+    fp = fingerprint(metric.name, metric.version, settings)
+    rows = [MetricRow("", name, value, fp) for name, value in measured.items()]
+    seconds = time.monotonic() - start
+    db.record_step(
+        cell.id,
+        "train",
+        rows,
+        [FingerprintRow(fp, metric.name, metric.version, settings)],
+        artifacts={
+            ("", "reward_model"): f"cells/{cell.id}/{REWARD_FILE}",
+            ("", "pairs"): f"cells/{cell.id}/{PAIRS_FILE}",
+        },
+        train_seconds=seconds,
+        compute=compute,
+    )
+    return seconds
+
+
 def train(
     cell: Cell,
     corpus: Corpus,
@@ -393,9 +525,11 @@ def train(
     console: RunConsole | None = None,
     index: int = 1,
     precision: str | None = None,
+    spec: Spec | None = None,
 ) -> dict[str, float]:
     """Train a cell's model to its token budget, write `model.ckpt` atomically, and return
-    what training cost (`ObjectiveModule.compute_spent`)."""
+    what training cost (`ObjectiveModule.compute_spent`). With the `spec`, a cell in a run with
+    preferences gets its frozen resources and the over-optimization probe."""
     # Separate streams (`derive_seed`): the initialisation, the data order, the objective's own
     # draws and the training noise (dropout) of two objectives under one seed do not depend on
     # what the other objective draws, so their comparison is paired by construction.
@@ -404,6 +538,23 @@ def train(
     init = None
     if cell.base is not None:
         init = str(cell_dir.parent / cell.base.id / "model.ckpt")
+    resources, _ = _resources(cell, spec, corpus, cell_dir.parent.parent) if spec else (None, None)
+    probe = None
+    if resources is not None and resources.reward is not None:
+        scorer = cell.reward or cell.scorer
+        source = get_preference_source(scorer.objective.name)
+        settings = source.Settings(**scorer.objective.settings)
+        probe = Probe(
+            probe_prompts(
+                corpus,
+                spec.evaluation.prompt_tokens,
+                spec.evaluation.continuation_tokens,
+                settings.probe_prompts,
+            ),
+            spec.evaluation.continuation_tokens,
+            settings.probe_every_steps,
+            seed=derive_seed(0, "probe"),
+        )
     module = ObjectiveModule(
         model_config=asdict(model_config),
         objective=cell.objective.name,
@@ -414,6 +565,8 @@ def train(
         tokenizer_json=corpus.tokenizer.to_json(),
         seed=cell.seed,
         init_checkpoint=init,
+        resources=resources,
+        probe=probe,
     )
     data = LanguageDataModule(
         corpus,

@@ -28,6 +28,10 @@ runs, and every problem is reported at once with the file, the key and what was 
 
     [evaluation]       # EvaluationConfig
     num_samples = 1000
+
+    [[preferences]]    # RLHF: a preference source per corpus (`corpus` may be left out with
+    corpus = "oracle"  # one corpus) and its settings; a reward model is trained from it
+    source = "oracle"
 """
 
 from __future__ import annotations
@@ -38,7 +42,14 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from beyondmle.api import CORPORA, METRICS, OBJECTIVES, Problem, build_settings
+from beyondmle.api import (
+    CORPORA,
+    METRICS,
+    OBJECTIVES,
+    PREFERENCE_SOURCES,
+    Problem,
+    build_settings,
+)
 from beyondmle.decoding import DecodingConfig
 from beyondmle.evaluation import EvaluationConfig
 from beyondmle.model import ModelConfig
@@ -81,6 +92,16 @@ class CorpusSpec:
     settings: dict
 
 
+@dataclass(frozen=True)
+class PreferenceSpec:
+    """A `[[preferences]]` table: the corpus it serves (None: every corpus), its source and
+    the source's settings."""
+
+    corpus: str | None
+    source: str
+    settings: dict
+
+
 REGIMES = ("from_scratch", "finetune")
 
 
@@ -111,6 +132,13 @@ class Spec:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     regime: Regime = field(default_factory=Regime)
     base_training: TrainingConfig | None = None
+    preferences: tuple[PreferenceSpec, ...] = ()
+
+    def preferences_for(self, corpus: CorpusSpec) -> PreferenceSpec | None:
+        """The preference table of a corpus: its own, else the one without a corpus."""
+        own = [p for p in self.preferences if p.corpus == corpus.name]
+        shared = [p for p in self.preferences if p.corpus is None]
+        return (own or shared or [None])[0]
 
 
 DECODING_KEYS = {
@@ -129,6 +157,7 @@ TOP_LEVEL = {
     "evaluation",
     "regime",
     "base",
+    "preferences",
 }
 
 
@@ -170,9 +199,9 @@ def _table(data: dict, key: str, issues: list[SpecIssue], required: bool = False
     return value
 
 
-def _tables(data: dict, key: str, issues: list[SpecIssue]) -> list[dict]:
+def _tables(data: dict, key: str, issues: list[SpecIssue], required: bool = True) -> list[dict]:
     value = data.get(key, [])
-    if key not in data:
+    if required and key not in data:
         issues.append(SpecIssue(f"[[{key}]]", "at least one table (it is required)"))
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         issues.append(SpecIssue(key, f"an array of tables [[{key}]]", value))
@@ -300,6 +329,91 @@ def _objectives(
     return out
 
 
+def _preferences(
+    data: dict, corpora: list[CorpusSpec], issues: list[SpecIssue]
+) -> list[PreferenceSpec]:
+    out = []
+    names = [c.name for c in corpora]
+    for i, table in enumerate(_tables(data, "preferences", issues, required=False)):
+        where = f"preferences[{i}]"
+        corpus = table.get("corpus")
+        if corpus is not None and corpus not in names:
+            issues.append(
+                SpecIssue(f"{where}.corpus", f"a corpus of this spec ({', '.join(names)})", corpus)
+            )
+        source = table.get("source", NOTHING)
+        if source not in PREFERENCE_SOURCES:
+            known = ", ".join(PREFERENCE_SOURCES.names())
+            issues.append(SpecIssue(f"{where}.source", f"a preference source ({known})", source))
+            continue
+        cls = PREFERENCE_SOURCES.get(source)
+        settings = {k: v for k, v in table.items() if k not in ("corpus", "source")}
+        if _build(cls.Settings, settings, where, issues) is None:
+            continue
+        served = [c for c in corpora if corpus is None or c.name == corpus]
+        for c in served:
+            has_oracle = getattr(CORPORA.get(c.name), "has_oracle", False)
+            issues += _issues(where, cls.check_corpus(has_oracle))
+        out.append(PreferenceSpec(corpus, source, settings))
+    for key in sorted(
+        {p.corpus for p in out if [q.corpus for q in out].count(p.corpus) > 1}, key=str
+    ):
+        issues.append(SpecIssue("preferences", "one table per corpus", key or "(every corpus)"))
+    return out
+
+
+def _resources_issues(
+    objectives: list[ObjectiveVariant],
+    corpora: list[CorpusSpec],
+    preferences: list[PreferenceSpec],
+    finetune: bool,
+    model: dict,
+) -> list[SpecIssue]:
+    """Objectives whose resources (`Objective.uses`) this spec cannot give, and settings that
+    do not fit the model."""
+    issues = []
+    covered = {p.corpus for p in preferences}
+    for i, variant in enumerate(objectives):
+        cls = OBJECTIVES.get(variant.name)
+        where = f"objective[{i}]"
+        settings, _ = build_settings(cls.Settings, variant.settings)
+        if settings is not None:
+            issues += _issues(where, cls.check_with(settings, model))
+        if (
+            "reference" in cls.uses
+            and not finetune
+            and not variant.settings.get("warm_start_checkpoint")
+        ):
+            issues.append(
+                SpecIssue(
+                    f"{where}.name",
+                    f"a reference policy for {variant.name!r}: [regime] kind = 'finetune' (its "
+                    "MLE base) or a warm_start_checkpoint",
+                    variant.name,
+                )
+            )
+        if cls.uses & {"reward_model", "preference_pairs"} and not finetune:
+            issues.append(
+                SpecIssue(
+                    f"{where}.name",
+                    f"[regime] kind = 'finetune' for {variant.name!r}: its preferences are drawn "
+                    "from the MLE base, the reference",
+                    variant.name,
+                )
+            )
+        if cls.uses & {"reward_model", "preference_pairs"}:
+            for c in corpora:
+                if None not in covered and c.name not in covered:
+                    issues.append(
+                        SpecIssue(
+                            "preferences",
+                            f"a [[preferences]] table for corpus {c.name!r}: objective "
+                            f"{variant.label!r} learns from preferences",
+                        )
+                    )
+    return list(dict.fromkeys(issues))
+
+
 def _decodings(data: dict, issues: list[SpecIssue]) -> list[DecodingConfig]:
     table = _check_keys(_table(data, "decoding", issues), DECODING_KEYS, "decoding", issues)
     grid: list[DecodingConfig] = []
@@ -339,6 +453,16 @@ def parse_spec(path: str | Path) -> Spec:
     evaluation = _build(EvaluationConfig, _table(data, "evaluation", issues), "evaluation", issues)
     regime, base_training = _regime(data, issues)
     objectives = _objectives(data, issues, finetune=regime.kind == "finetune")
+    preferences = _preferences(data, corpora, issues)
+    issues += _resources_issues(objectives, corpora, preferences, regime.kind == "finetune", model)
+    if preferences and regime.kind != "finetune":
+        issues.append(
+            SpecIssue(
+                "preferences",
+                "[regime] kind = 'finetune' with [[preferences]]: the pairs and the reward model "
+                "start from the MLE base",
+            )
+        )
     decodings = _decodings(data, issues)
     if evaluation is not None and model.get("block_size", ModelConfig.block_size) < (
         evaluation.prompt_tokens + evaluation.continuation_tokens
@@ -356,6 +480,26 @@ def parse_spec(path: str | Path) -> Spec:
             settings, _ = build_settings(cls.Settings, corpus.settings)
             if settings is not None:
                 issues += _issues(f"corpus[{i}]", cls.check_with(settings, evaluation, model))
+            for metric in evaluation.metrics:
+                needs = METRICS.get(metric).needs if metric in METRICS else frozenset()
+                if "reward" in needs and spec_preferences_missing(preferences, corpus):
+                    issues.append(
+                        SpecIssue(
+                            "evaluation.metrics",
+                            f"metrics this spec can give: {metric!r} needs a reward model "
+                            f"(a [[preferences]] table for corpus {corpus.name!r})",
+                            metric,
+                        )
+                    )
+                if "reference" in needs and regime.kind != "finetune":
+                    issues.append(
+                        SpecIssue(
+                            "evaluation.metrics",
+                            f"metrics this spec can give: {metric!r} needs a reference policy "
+                            "([regime] kind = 'finetune')",
+                            metric,
+                        )
+                    )
             if not getattr(cls, "has_oracle", False):
                 for metric in evaluation.metrics:
                     if "oracle" in METRICS.get(metric).needs:
@@ -382,4 +526,9 @@ def parse_spec(path: str | Path) -> Spec:
         evaluation=evaluation,
         regime=regime,
         base_training=base_training,
+        preferences=tuple(preferences),
     )
+
+
+def spec_preferences_missing(preferences: list[PreferenceSpec], corpus: CorpusSpec) -> bool:
+    return not any(p.corpus in (None, corpus.name) for p in preferences)

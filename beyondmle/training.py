@@ -29,6 +29,7 @@ from beyondmle.api import (
     ObjectiveDiverged,
     Optimizers,
     Problem,
+    Resources,
     Settings,
     SpecialTokens,
     TrainingState,
@@ -36,8 +37,10 @@ from beyondmle.api import (
     setting,
 )
 from beyondmle.data import derive_seed
+from beyondmle.decoding import DecodingConfig, generate
 from beyondmle.model import GPT, Compute, ModelConfig
 from beyondmle.precision import choose_precision
+from beyondmle.rl import continuation_log_probs, kl_k3
 from beyondmle.tokenization import Tokenizer, tokenizer_from_json
 
 OWN_MODEL_OPTIMIZER = "model (objective's own)"
@@ -125,6 +128,20 @@ def make_loggers(config: TrainingConfig, out_dir: Path, run_name: str) -> list:
     return loggers
 
 
+@dataclass
+class Probe:
+    """The over-optimization probe (Gao et al. 2022): every `every_steps` steps, the policy
+    continues the same `prompts` at temperature 1 with the same noise (common random numbers,
+    so two probes differ only by the policy), and the proxy reward, the gold reward and the
+    sequence KL to the reference are logged under `probe/`. Measurement, not training: its
+    passes are not counted as training compute."""
+
+    prompts: torch.Tensor
+    length: int
+    every_steps: int
+    seed: int = 0
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Learning-rate multiplier: linear warmup, then cosine decay to `min_ratio` at `total`."""
     if step < warmup:
@@ -148,9 +165,11 @@ class ObjectiveModule(L.LightningModule):
         tokenizer_json: str | None = None,
         seed: int = 0,
         init_checkpoint: str | None = None,
+        resources: Resources | None = None,
+        probe: Probe | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer_json"])
+        self.save_hyperparameters(ignore=["tokenizer_json", "resources", "probe"])
         self.model_config = ModelConfig(**model_config)
         self.training_config = TrainingConfig(**training)
         self.model = GPT(self.model_config)
@@ -164,6 +183,12 @@ class ObjectiveModule(L.LightningModule):
         # Warm starts train with the registered MLE objective itself (default settings).
         mle = get_objective("mle")
         self.warm_objective = mle(mle.Settings(), self.model.info, special_tokens)
+        # Frozen resources (a reference, a reward model, preference pairs) before any checkpoint
+        # is restored, so modules an objective builds from them are restored too.
+        self.resources = resources or Resources()
+        if cls.uses:
+            self.objective.attach(self.resources)
+        self.probe = probe
         self.automatic_optimization = not cls.manual_optimization
         self.tokenizer_json = tokenizer_json
         self.total_steps = self.training_config.total_steps(self.model_config.block_size)
@@ -178,7 +203,16 @@ class ObjectiveModule(L.LightningModule):
         self.register_buffer("generated_tokens_done", torch.zeros((), dtype=torch.long))
 
     def counted_models(self) -> list[nn.Module]:
-        return [m for m in self.modules() if isinstance(getattr(m, "compute", None), Compute)]
+        """Every model whose passes count: this module's and the frozen resources' (the
+        reference's and the reward model's passes are part of an RLHF step's cost)."""
+        mine = [m for m in self.modules() if isinstance(getattr(m, "compute", None), Compute)]
+        frozen = [
+            m
+            for r in self.resources.modules()
+            for m in r.modules()
+            if isinstance(getattr(m, "compute", None), Compute)
+        ]
+        return mine + [m for m in frozen if all(m is not k for k in mine)]
 
     def compute_spent(self) -> dict[str, float]:
         """Training compute so far: FLOPs, data (target) tokens, positions run forward and
@@ -199,10 +233,14 @@ class ObjectiveModule(L.LightningModule):
         if path and int(self.steps_done) == 0:
             model, _, _ = load_model(path, map_location=str(self.device))
             self.model.load_state_dict(model.state_dict())
+        for module in self.resources.modules():
+            module.to(self.device)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
         if int(self.steps_done) % TF_NLL_EVERY == 0:
             self.log("train/tf_nll", self.teacher_forced_nll(batch), batch_size=batch.size(0))
+        if self.probe is not None and int(self.steps_done) % self.probe.every_steps == 0:
+            self.log_dict(self.run_probe(), batch_size=batch.size(0))
         models = self.counted_models()
         for m in models:
             m.compute.reset()
@@ -221,6 +259,40 @@ class ObjectiveModule(L.LightningModule):
         self.model.eval()
         try:
             return self.model.next_token_loss(self.model.hidden_states(batch[:, :-1]), batch[:, 1:])
+        finally:
+            self.model.train(was_training)
+
+    def on_train_end(self) -> None:
+        if self.probe is not None and self.logger is not None:
+            values = {k: float(v) for k, v in self.run_probe().items()}
+            for logger in self.loggers:
+                logger.log_metrics(values, step=int(self.steps_done))
+
+    @torch.no_grad()
+    def run_probe(self) -> dict[str, torch.Tensor]:
+        """See `Probe`; KL(policy || reference) of the whole continuation, by the k1 and k3
+        estimators (Schulman 2020) summed over its tokens."""
+        probe, r = self.probe, self.resources
+        prompts = probe.prompts.to(self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            generator = torch.Generator(device=self.device).manual_seed(probe.seed)
+            rows = generate(
+                self.model, prompts, probe.length, DecodingConfig(), generator=generator
+            )
+            sample = torch.tensor(rows, dtype=torch.long, device=self.device)
+            log_p = continuation_log_probs(self.model, prompts, sample)
+            out = {}
+            if r.reference is not None:
+                log_q = continuation_log_probs(r.reference, prompts, sample)
+                out["probe/kl_k1"] = (log_p - log_q).sum(1).mean()
+                out["probe/kl_k3"] = kl_k3(log_p, log_q).sum(1).mean()
+            if r.reward is not None:
+                out["probe/proxy_reward"] = r.reward(prompts, sample).mean()
+            if r.gold is not None:
+                out["probe/gold_reward"] = r.gold(prompts, sample).float().mean()
+            return out
         finally:
             self.model.train(was_training)
 
@@ -315,7 +387,10 @@ class ObjectiveModule(L.LightningModule):
         if clip:
             self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         opt.step()
-        if name == "model":
+        if name == "model" and getattr(self, "_scheduled_at", -1) != int(self.steps_done):
+            # Once per training step: an objective may update the model several times in one
+            # step (PPO's epochs), and the schedule is over steps.
+            self._scheduled_at = int(self.steps_done)
             scheduler = self.lr_schedulers()
             (scheduler[0] if isinstance(scheduler, list) else scheduler).step()
 

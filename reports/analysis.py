@@ -37,6 +37,19 @@ def find_baseline(cells: pd.DataFrame) -> str | None:
     return named.pop() if len(named) == 1 else None
 
 
+def cell_role(config_json: str) -> str:
+    """A cell's role: "train", "base" (a shared MLE base) or "reward" (a reward model)."""
+    try:
+        return json.loads(config_json).get("role", "train")
+    except (TypeError, ValueError, AttributeError):
+        return "train"
+
+
+def reward_labels(cells: pd.DataFrame) -> set[str]:
+    """The labels of reward-model cells, which are not objectives of the comparison."""
+    return {r.objective for r in cells.itertuples() if cell_role(r.config) == "reward"}
+
+
 def _objective_name(config_json: str) -> str | None:
     try:
         return json.loads(config_json).get("objective", {}).get("name")

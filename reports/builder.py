@@ -12,7 +12,14 @@ import os
 import time
 from pathlib import Path
 
-from beyondmle.reports import artifacts, catalogue, known_truth, provenance, sections
+from beyondmle.reports import (
+    artifacts,
+    catalogue,
+    known_truth,
+    preferences,
+    provenance,
+    sections,
+)
 from beyondmle.reports.context import Context
 from beyondmle.reports.document import Document
 from beyondmle.reports.load import load_results
@@ -20,7 +27,7 @@ from beyondmle.reports.render import to_html, to_markdown
 
 HTML_NAME = "index.html"
 MARKDOWN_NAME = "report.md"
-FIGURE_PREFIXES = ("gap", "frontier", "curves", "oracle")
+FIGURE_PREFIXES = ("gap", "frontier", "curves", "oracle", "preferences")
 
 
 def build_document(results_dir: str | Path, generated_at: float | None = None) -> Document:
@@ -44,6 +51,7 @@ def _document(results, results_dir: str | Path, generated_at: float | None) -> D
         sections.frontier_section(ctx),
         sections.paired_section(ctx),
         known_truth.section(ctx),
+        preferences.section(ctx),
         artifacts.curves_section(ctx),
         artifacts.samples_section(ctx),
         sections.all_metrics_section(ctx),

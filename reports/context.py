@@ -31,7 +31,10 @@ class Context:
     def build(cls, results: Results) -> Context:
         seeds = analysis.seed_values(analysis.done_metrics(results))
         baseline = analysis.find_baseline(results.cells)
-        order = analysis.objective_order(results.cells["objective"], baseline)
+        policies = results.cells[
+            ~results.cells["objective"].isin(analysis.reward_labels(results.cells))
+        ]
+        order = analysis.objective_order(policies["objective"], baseline)
         corpora = sorted(set(results.cells["corpus"]))
         ctx = cls(
             results=results,

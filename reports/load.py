@@ -191,3 +191,27 @@ def read_train_log(path: Path) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(columns=["step", "tokens", "split", "loss"])
     return pd.concat(parts, ignore_index=True)
+
+
+PROBE_COLUMNS = {
+    "probe/kl_k1": "kl_k1",
+    "probe/kl_k3": "kl_k3",
+    "probe/proxy_reward": "proxy_reward",
+    "probe/gold_reward": "gold_reward",
+}
+
+
+def read_probe_log(path: Path) -> pd.DataFrame:
+    """The over-optimization probe's rows of a `metrics.csv`: step, KL (k1, k3), proxy and
+    gold reward (NaN where the run has none); empty when the run logged no probe."""
+    log = pd.read_csv(path)
+    present = [c for c in PROBE_COLUMNS if c in log.columns]
+    if not present or "step" not in log.columns:
+        return pd.DataFrame(columns=["step", *PROBE_COLUMNS.values()])
+    rows = log[["step", *present]].apply(pd.to_numeric, errors="coerce")
+    rows = rows.dropna(subset=present, how="all").rename(columns=PROBE_COLUMNS)
+    rows = rows.groupby("step", as_index=False).first()
+    for column in PROBE_COLUMNS.values():
+        if column not in rows:
+            rows[column] = np.nan
+    return rows.reset_index(drop=True)

@@ -251,3 +251,23 @@ def exposure_curve(points: pd.DataFrame, colours: dict[str, tuple]) -> bytes:
         ax.set_ylabel("%ExAccErr ↓")
         ax.legend(fontsize=7, frameon=False)
         return _png(fig)
+
+
+def overoptimization(points: pd.DataFrame, colours: dict[str, tuple]) -> bytes:
+    """Gold and proxy reward against sqrt(KL to the reference) as training goes (Gao et al.
+    2022's axes), one line per objective through its probes (mean over seeds per step)."""
+    rewards = [
+        r for r in ("gold_reward", "proxy_reward") if r in points and points[r].notna().any()
+    ]
+    with _style():
+        fig = _new_figure(4.2 * len(rewards), 3.6)
+        axes = fig.subplots(1, len(rewards), squeeze=False)[0]
+        for ax, reward in zip(axes, rewards, strict=True):
+            for objective, part in points.groupby("objective", sort=False):
+                mean = part.groupby("step")[["sqrt_kl", reward]].mean().sort_index()
+                ax.plot(mean["sqrt_kl"], mean[reward], marker=".", lw=1.0,
+                        color=colours.get(objective), label=objective)  # fmt: skip
+            ax.set_xlabel("√KL(policy ‖ reference), nats^½")
+            ax.set_ylabel(("gold" if reward == "gold_reward" else "proxy") + " reward ↑")
+        axes[0].legend(fontsize=7, frameon=False)
+        return _png(fig)

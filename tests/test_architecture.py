@@ -44,6 +44,9 @@ LAYERS = {
     "beyondmle.metrics.oracle": SCIENCE,
     "beyondmle.oracles": SCIENCE,
     "beyondmle.oracle_corpus": SCIENCE,
+    "beyondmle.metrics.preferences": SCIENCE,
+    "beyondmle.preferences": SCIENCE,
+    "beyondmle.reward": SCIENCE,
     "beyondmle.objectives": SCIENCE,
     "beyondmle.spec": MATRIX,
     "beyondmle.cells": MATRIX,
@@ -62,6 +65,8 @@ PLUGINS = (
     "beyondmle.metrics.featurizers",
     "beyondmle.metrics.oracle",
     "beyondmle.oracle_corpus",
+    "beyondmle.metrics.preferences",
+    "beyondmle.preferences",
     "beyondmle.objectives.",
 )
 REPORT = "beyondmle.reports"

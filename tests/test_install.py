@@ -18,7 +18,16 @@ import pytest
 REPO = Path(__file__).parents[1]
 
 BUILTIN = {
-    "objectives": {"mle", "scheduled_sampling", "adversarial", "denoising", "unlikelihood"},
+    "objectives": {
+        "mle",
+        "scheduled_sampling",
+        "adversarial",
+        "denoising",
+        "unlikelihood",
+        "rloo",
+        "ppo",
+        "dpo",
+    },
     "corpora": {"oracle", "ptb", "text"},
     "metrics": {
         "perplexity",
@@ -35,6 +44,9 @@ BUILTIN = {
         "oracle_coverage",
         "exposure_bias",
         "modes",
+        "reward",
+        "policy_kl",
+        "reward_model",
     },
     "featurizers": {"minilm", "gpt2-large"},
 }

@@ -215,7 +215,7 @@ def test_unknown_objective_is_reported_with_the_registered_ones(tmp_path):
     path, lines = spec_error(tmp_path, MINIMAL.replace('name = "mle"', 'name = "mmi"'))
     assert lines == [
         f"{path}: objective[0].name: expected an objective name, one of adversarial, denoising, "
-        "mle, scheduled_sampling, unlikelihood, got 'mmi'"
+        "dpo, mle, ppo, rloo, scheduled_sampling, unlikelihood, got 'mmi'"
     ]
 
 
@@ -223,7 +223,7 @@ def test_objective_without_a_name_is_reported(tmp_path):
     path, lines = spec_error(tmp_path, MINIMAL.replace('name = "mle"', "alpha = 1.0"))
     assert lines == [
         f"{path}: objective[0].name: expected an objective name, one of adversarial, denoising, "
-        "mle, scheduled_sampling, unlikelihood"
+        "dpo, mle, ppo, rloo, scheduled_sampling, unlikelihood"
     ]
 
 
@@ -278,7 +278,7 @@ def test_unknown_top_level_section_is_reported(tmp_path):
     path, lines = spec_error(tmp_path, MINIMAL + "\n[optimizer]\nlr = 0.1\n")
     assert lines == [
         f"{path}: optimizer: expected a known section (base, benchmark, corpus, decoding, "
-        "evaluation, model, objective, regime, training), got 'optimizer'"
+        "evaluation, model, objective, preferences, regime, training), got 'optimizer'"
     ]
 
 

@@ -496,7 +496,16 @@ metrics = ["perplexity", "token_stats"]
 """
 
 BUILTIN = {
-    "objectives": {"mle", "scheduled_sampling", "adversarial", "denoising", "unlikelihood"},
+    "objectives": {
+        "mle",
+        "scheduled_sampling",
+        "adversarial",
+        "denoising",
+        "unlikelihood",
+        "rloo",
+        "ppo",
+        "dpo",
+    },
     "corpora": {"oracle", "ptb", "text"},
     "metrics": {
         "perplexity",
@@ -513,6 +522,9 @@ BUILTIN = {
         "oracle_coverage",
         "exposure_bias",
         "modes",
+        "reward",
+        "policy_kl",
+        "reward_model",
     },
 }
 

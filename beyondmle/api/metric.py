@@ -3,8 +3,10 @@ value, and what each value it yields means.
 
 A metric group (e.g. `distinct`, which yields distinct_1..4) is registered with
 
-- `needs`: a subset of {"model", "heldout", "samples", "references", "features"}: the
-  evaluation pass builds only what the chosen metrics need (no MiniLM load without MAUVE/FED);
+- `needs`: a subset of `NEEDS` ("model", "heldout", "samples", "references", "features",
+  "oracle", "reference", "reward"): the evaluation pass builds only what the chosen metrics
+  need (no MiniLM load without MAUVE/FED), and the spec refuses a metric its corpus or its
+  preferences cannot feed;
 - `per_decoding`: whether it is computed for each decoding setting or once per trained model;
 - `settings`: the evaluation settings that change its value. The fingerprint stored beside
   each value hashes the metric's name, version and those settings, so values computed under
@@ -31,7 +33,9 @@ from typing import Any
 
 from beyondmle.api.registry import Registry
 
-NEEDS = frozenset({"model", "heldout", "samples", "references", "features", "oracle"})
+NEEDS = frozenset(
+    {"model", "heldout", "samples", "references", "features", "oracle", "reference", "reward"}
+)
 
 __all__ = [
     "METRICS",
@@ -82,7 +86,11 @@ class EvalInputs:
     - resamples: counts (R, N) of each prompt in each of R prompt resamples, the same in every
       cell (`beyondmle.metrics.resampling`); None when no replicates are asked for;
     - oracle: the corpus's oracle (`beyondmle.oracles`), for metrics against a known truth;
-      decoding: the decoding setting of the samples; bos: the start token (`<eos>`).
+      decoding: the decoding setting of the samples; bos: the start token (`<eos>`);
+    - reference: the reference policy a fine-tuned model started from (the MLE base);
+      reward / gold: the proxy (learned) and true reward (n,) of continuations after prompts
+      (gold None where the preference source has none); heldout_pairs: preference pairs the
+      reward model never saw (`PreferencePairs`).
     """
 
     settings: dict
@@ -98,6 +106,10 @@ class EvalInputs:
     oracle: Any = None
     decoding: Any = None
     bos: int = 0
+    reference: Any = None
+    reward: Any = None
+    gold: Any = None
+    heldout_pairs: Any = None
 
 
 @dataclass(frozen=True)

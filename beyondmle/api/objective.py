@@ -13,7 +13,12 @@ trains the same shared model and is scored the same way. An objective declares
   the checkpoint) and their optimizers (`configure_optimizers`);
 - whether it starts from an MLE-trained model (`warm_start`): the trainer then runs the `mle`
   objective for the first `warm_start_fraction` of the token budget (or loads
-  `warm_start_checkpoint`), so every objective still consumes the same number of tokens.
+  `warm_start_checkpoint`), so every objective still consumes the same number of tokens;
+- what it uses beyond the batch (`uses`, a subset of `USES`): a frozen reference policy, a
+  reward model, preference pairs. The trainer hands them over once, before training, through
+  `attach(Resources)`; the spec refuses an objective whose resources its run cannot give
+  (no reference without the fine-tuning regime or a `warm_start_checkpoint`, no reward model
+  without a `[[preferences]]` table).
 
 Objectives receive batches of token blocks (B, T + 1): inputs are `batch[:, :-1]`, next-token
 targets `batch[:, 1:]`. They reach the model only through the model interface
@@ -25,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +38,7 @@ from torch import nn
 
 from beyondmle.api.lm import CausalLM, ModelInfo
 from beyondmle.api.registry import Registry
-from beyondmle.settings import Settings, setting
+from beyondmle.settings import Problem, Settings, setting
 from beyondmle.tokenization import SpecialTokens
 
 __all__ = [
@@ -43,6 +48,8 @@ __all__ = [
     "ObjectiveOutput",
     "ObjectiveSettings",
     "Optimizers",
+    "Resources",
+    "USES",
     "SpecialTokens",
     "TrainingState",
     "available_objectives",
@@ -97,6 +104,31 @@ class Optimizers:
         self._step(name, loss)
 
 
+USES = frozenset({"reference", "reward_model", "preference_pairs"})
+
+
+@dataclass
+class Resources:
+    """What the trainer gives an objective beyond its batches (see `Objective.uses`). All of it
+    is frozen: never trained, not saved with the objective, but its passes count as compute.
+
+    - reference: the reference policy (a `CausalLM`: the MLE base it fine-tunes from);
+    - reward: the proxy reward (n,) of continuations (n, L) after prompts (n, P), from
+      `reward_model`, the learned reward model (a module with a scalar head);
+    - pairs: the training preference pairs (`beyondmle.api.PreferencePairs`);
+    - gold: the true reward (n,) of continuations where the preference source knows one.
+    """
+
+    reference: Any = None
+    reward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    reward_model: nn.Module | None = None
+    pairs: Any = None
+    gold: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.reference, self.reward_model) if isinstance(m, nn.Module)]
+
+
 class Objective(nn.Module):
     """Base class of all objectives; see the module docstring for the contract."""
 
@@ -104,6 +136,7 @@ class Objective(nn.Module):
     Settings: ClassVar[type[ObjectiveSettings]] = ObjectiveSettings
     manual_optimization: ClassVar[bool] = False
     warm_start: ClassVar[bool] = False
+    uses: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self, settings: ObjectiveSettings, model: ModelInfo, special: SpecialTokens
@@ -116,6 +149,18 @@ class Objective(nn.Module):
         # sampling, noise). The trainer seeds it from the cell's seed and checkpoints it, so an
         # objective's draws never shift the data order or another objective's stream.
         self.generator = torch.Generator()
+        self.resources = Resources()
+
+    @classmethod
+    def check_with(cls, settings: ObjectiveSettings, model: dict) -> list[Problem]:
+        """Problems of these settings with the spec's `[model]` table (a rollout longer than
+        the context, say), found before anything trains; none by default."""
+        return []
+
+    def attach(self, resources: Resources) -> None:
+        """Receive the frozen resources named in `uses`, once, before training (and before a
+        checkpoint is restored, so modules built from them here are restored too)."""
+        self.resources = resources
 
     def loss(self, model: CausalLM, batch: torch.Tensor, state: TrainingState) -> ObjectiveOutput:
         """The training loss of one batch (B, T + 1), for automatic optimization."""
@@ -168,6 +213,9 @@ def _check_objective(name: str, cls: object) -> type[Objective]:
     settings = cls.Settings
     if not (dataclasses.is_dataclass(settings) and issubclass(settings, ObjectiveSettings)):
         raise TypeError(f"objective {name!r}: Settings must be a dataclass of ObjectiveSettings")
+    if not set(cls.uses) <= USES:
+        unknown = ", ".join(sorted(set(cls.uses) - USES))
+        raise TypeError(f"objective {name!r} uses {unknown}; known: {', '.join(sorted(USES))}")
     method = "manual_step" if cls.manual_optimization else "loss"
     if getattr(cls, method) is getattr(Objective, method):
         raise TypeError(f"objective {name!r} must implement {method}()")

@@ -34,30 +34,17 @@ import torch
 
 from beyondmle.api.metric import EvalInputs, MetricValue, Output, register_metric
 from beyondmle.decoding import DecodingConfig, filter_logits, generate
-from beyondmle.metrics.resampling import mean_replicates
+from beyondmle.metrics.resampling import mean_summary
 
 BATCH = 32
 LENGTH_POINTS = (0.25, 0.5, 0.75, 1.0)  # shares of the continuation for %ExAccErr
 MAX_COMPONENTS = 8
 
 
-def _se(values: np.ndarray) -> float:
-    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-
-
-def _replicated(values: np.ndarray, inputs: EvalInputs) -> tuple[float, ...] | None:
-    if inputs.resamples is None:
-        return None
-    return tuple(float(x) for x in mean_replicates(values, inputs.resamples))
-
-
 def _values(name: str, per_sequence: np.ndarray, inputs: EvalInputs) -> list[MetricValue]:
     """The mean over sequences, its replicates, and its standard error as `<name>_se`."""
-    mean = float(per_sequence.mean())
-    return [
-        MetricValue(name, mean, replicates=_replicated(per_sequence, inputs)),
-        MetricValue(f"{name}_se", _se(per_sequence)),
-    ]
+    mean, replicates, se = mean_summary(per_sequence, inputs.resamples)
+    return [MetricValue(name, mean, replicates=replicates), MetricValue(f"{name}_se", se)]
 
 
 @torch.no_grad()
@@ -261,7 +248,7 @@ def modes_metric(inputs: EvalInputs) -> list[MetricValue]:
         values = post[:, i].numpy()
         out += [
             MetricValue(f"mode_weight_{i + 1}", float(implied[i])),
-            MetricValue(f"mode_weight_{i + 1}_se", _se(values)),
+            MetricValue(f"mode_weight_{i + 1}_se", mean_summary(values, None)[2]),
             MetricValue(f"mode_target_{i + 1}", float(weights[i])),
         ]
     return out

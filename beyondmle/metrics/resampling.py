@@ -39,6 +39,17 @@ def mean_replicates(values: Sequence[float], counts: np.ndarray) -> np.ndarray:
     return counts @ v / counts.sum(axis=1)
 
 
+def mean_summary(
+    values: Sequence[float], counts: np.ndarray | None
+) -> tuple[float, tuple[float, ...] | None, float]:
+    """The mean of per-sample `values`, its replicates (None without resamples) and the
+    standard error of the mean over the samples (NaN for one sample)."""
+    v = np.asarray(values, dtype=np.float64)
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    reps = None if counts is None else tuple(float(x) for x in mean_replicates(v, counts))
+    return float(v.mean()), reps, se
+
+
 def ratio_replicates(
     numerators: Sequence[float], denominators: Sequence[float], counts: np.ndarray
 ) -> np.ndarray:
