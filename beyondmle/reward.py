@@ -238,7 +238,8 @@ def train_reward_model(
     trainer = build_trainer(
         config, cell_dir, False, enable_progress_bar=False, precision=precision, run_name="reward"
     )
-    trainer.fit(module, train_dataloaders=data, val_dataloaders=[])
+    model.train()  # the reference was loaded for inference; its copy trains with its dropout
+    trainer.fit(module, train_dataloaders=data)
     model.eval()
     prompts, _ = context.windows("valid", s.heldout_pairs)
     offset = float(model.score_all(prompts, context.sample(prompts, continuation_tokens)).mean())
