@@ -193,10 +193,15 @@ class ResultsError(RuntimeError):
 class ResultsDB:
     """A results directory's database. Every write is one short transaction."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(
+        self, directory: str | Path, filename: str = "results.sqlite", wal: bool = True
+    ) -> None:
+        """`wal=False` for a file one process writes on a filesystem that may be shared
+        between machines (a cell's own result file): WAL needs memory shared on one host."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / "results.sqlite"
+        self.path = self.directory / filename
+        self.wal = wal
         try:
             self._open()
         except sqlite3.DatabaseError as e:
@@ -215,7 +220,7 @@ class ResultsDB:
         if check != "ok":
             self.conn.close()
             raise sqlite3.DatabaseError(f"integrity check: {check}")
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA journal_mode={'WAL' if self.wal else 'DELETE'}")
         self.conn.execute("PRAGMA synchronous=FULL")
         with self.transaction():
             for statement in SCHEMA.split(";"):
@@ -227,6 +232,22 @@ class ResultsDB:
 
     def close(self) -> None:
         self.conn.close()
+
+    def export(self, path: str | Path) -> None:
+        """A consistent copy of the database at `path`, written to a temporary sibling, synced
+        and renamed into place: a reader on any machine sees the old file or the new one whole."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        copy = sqlite3.connect(tmp)
+        try:
+            self.conn.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            copy.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -465,6 +486,51 @@ _CELL_TABLES = (
 )
 
 
+def merge_file(db: ResultsDB, source: Path, source_dir: Path | None = None) -> None:
+    """Merge the rows of one results file into `db` (see `merge`). `source_dir`: the results
+    directory the file belongs to, whose cell directories are copied where they differ from
+    `db`'s; None for a cell's own result file, whose directory is already in place."""
+    db.conn.execute("ATTACH DATABASE ? AS src", (str(source),))
+    try:
+        # A cell's rows and files all come from one attempt. A cell finished in the source
+        # replaces an unfinished one here, files first (a merge killed in between is redone);
+        # any other cell already here keeps its own rows, and gets none of the source's.
+        replaced = [
+            row[0]
+            for row in db.conn.execute(
+                "SELECT id FROM main.cells WHERE status != 'done' AND id IN "
+                "(SELECT id FROM src.cells WHERE status = 'done')"
+            )
+        ]
+        if source_dir is not None:
+            for cell_id in replaced:
+                target = db.directory / "cells" / cell_id
+                shutil.rmtree(target, ignore_errors=True)
+                if (source_dir / "cells" / cell_id).is_dir():
+                    shutil.copytree(source_dir / "cells" / cell_id, target)
+        with db.transaction() as c:
+            present = {
+                row[0]
+                for row in c.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")
+            }  # a schema-1 source lacks the tables added since
+            for cell_id in replaced:
+                for table in _CELL_TABLES:
+                    c.execute(f"DELETE FROM main.{table} WHERE cell_id = ?", (cell_id,))
+                c.execute("DELETE FROM main.cells WHERE id = ?", (cell_id,))
+            for table in _CELL_TABLES:
+                if table not in present:
+                    continue
+                c.execute(
+                    f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table} "
+                    "WHERE cell_id NOT IN (SELECT id FROM main.cells)"
+                )
+            for table in ("runs", "cells", "fingerprints", "metric_info", "run_warnings"):
+                if table in present:
+                    c.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table}")
+    finally:
+        db.conn.execute("DETACH DATABASE src")
+
+
 def merge(destination: str | Path, sources: list[str | Path]) -> ResultsDB:
     """Copy the rows and cell artifacts of other results directories into `destination`.
 
@@ -479,44 +545,7 @@ def merge(destination: str | Path, sources: list[str | Path]) -> ResultsDB:
             continue
         if not (source / "results.sqlite").exists():
             raise FileNotFoundError(f"{source} is not a results directory (no results.sqlite)")
-        db.conn.execute("ATTACH DATABASE ? AS src", (str(source / "results.sqlite"),))
-        try:
-            # A cell's rows and files all come from one attempt. A cell finished in the source
-            # replaces an unfinished one here, files first (a merge killed in between is redone);
-            # any other cell already here keeps its own rows, and gets none of the source's.
-            replaced = [
-                row[0]
-                for row in db.conn.execute(
-                    "SELECT id FROM main.cells WHERE status != 'done' AND id IN "
-                    "(SELECT id FROM src.cells WHERE status = 'done')"
-                )
-            ]
-            for cell_id in replaced:
-                target = db.directory / "cells" / cell_id
-                shutil.rmtree(target, ignore_errors=True)
-                if (source / "cells" / cell_id).is_dir():
-                    shutil.copytree(source / "cells" / cell_id, target)
-            with db.transaction() as c:
-                present = {
-                    row[0]
-                    for row in c.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")
-                }  # a schema-1 source lacks the tables added since
-                for cell_id in replaced:
-                    for table in _CELL_TABLES:
-                        c.execute(f"DELETE FROM main.{table} WHERE cell_id = ?", (cell_id,))
-                    c.execute("DELETE FROM main.cells WHERE id = ?", (cell_id,))
-                for table in _CELL_TABLES:
-                    if table not in present:
-                        continue
-                    c.execute(
-                        f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table} "
-                        "WHERE cell_id NOT IN (SELECT id FROM main.cells)"
-                    )
-                for table in ("runs", "cells", "fingerprints", "metric_info", "run_warnings"):
-                    if table in present:
-                        c.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM src.{table}")
-        finally:
-            db.conn.execute("DETACH DATABASE src")
+        merge_file(db, source / "results.sqlite", source)
         for cell_dir in sorted((source / "cells").glob("*")):
             target = db.directory / "cells" / cell_dir.name
             if not target.exists():

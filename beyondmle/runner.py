@@ -18,6 +18,7 @@ import time
 import traceback
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -195,13 +196,20 @@ def _run_one(
     console: RunConsole,
     summary: RunSummary,
     retry_failed: bool,
+    ready: Callable[[Cell], bool] | None = None,
 ) -> None:
-    """Claim, train, evaluate and record one cell; a crash is recorded, never raised."""
+    """Claim, train, evaluate and record one cell; a crash is recorded, never raised. Its
+    dependencies are made ready first (`ready`, default: run here or awaited)."""
     label = f"{cell.describe()} ({cell.id})"
     for dependency in cell.dependencies:
-        if not _dependency_ready(
-            dependency, spec, corpora, db, run_id, worker, out_dir, console, summary, retry_failed
-        ):
+        if ready is not None:
+            dependency_ready = ready(dependency)
+        else:
+            dependency_ready = _dependency_ready(
+                dependency, spec, corpora, db, run_id, worker, out_dir, console, summary,
+                retry_failed,
+            )  # fmt: skip
+        if not dependency_ready:
             reason = (
                 f"the {dependency.role} cell {dependency.id} it needs failed; run again with "
                 "--retry-failed"
@@ -601,7 +609,8 @@ def train(
     )
     last = cell_dir / "checkpoints" / "last.ckpt"
     log = cell_dir / "logs" / "metrics.csv"
-    earlier = _set_aside(log) if last.exists() else None
+    # Only rank 0 keeps the log (Lightning's CSV logger writes there alone).
+    earlier = _set_aside(log) if last.exists() and trainer.is_global_zero else None
     try:
         trainer.fit(module, data, ckpt_path=last if last.exists() else None, weights_only=True)
     finally:

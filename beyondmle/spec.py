@@ -133,6 +133,7 @@ class Spec:
     regime: Regime = field(default_factory=Regime)
     base_training: TrainingConfig | None = None
     preferences: tuple[PreferenceSpec, ...] = ()
+    launcher: dict = field(default_factory=dict)  # checked by the launcher chosen at run time
 
     def preferences_for(self, corpus: CorpusSpec) -> PreferenceSpec | None:
         """The preference table of a corpus: its own, else the one without a corpus."""
@@ -158,6 +159,7 @@ TOP_LEVEL = {
     "regime",
     "base",
     "preferences",
+    "launcher",
 }
 
 
@@ -527,6 +529,7 @@ def parse_spec(path: str | Path) -> Spec:
         regime=regime,
         base_training=base_training,
         preferences=tuple(preferences),
+        launcher=_table(data, "launcher", issues),
     )
 
 

@@ -1,7 +1,7 @@
 """Training: one LightningModule wraps the shared model and an objective; the Trainer owns
 the loop, precision, devices, checkpoints and logs.
 
-Budgets are in training tokens (batch × block × devices per step), identical for every
+Budgets are in training tokens (batch × block × devices × nodes per step), identical for every
 objective, so objectives compare on equal data. Objectives that declare `warm_start` train
 with the registered `mle` objective for the first `warm_start_fraction` of that budget, then
 switch.
@@ -72,6 +72,7 @@ class TrainingConfig(Settings):
     checkpoint_every_steps: int = setting(200, ge=1)
     accelerator: str = "auto"
     devices: int = setting(1, ge=1)
+    num_nodes: int = setting(1, ge=1)
     strategy: str = "auto"
     loggers: list[str] = setting(default_factory=list)
     budget: str = setting("tokens", choices=BUDGETS)
@@ -93,7 +94,8 @@ class TrainingConfig(Settings):
         return self.budget == "flops"
 
     def tokens_per_step(self, block_size: int) -> int:
-        return self.batch_size * block_size * self.devices
+        """The global batch: `batch_size` rows per process, on every device of every node."""
+        return self.batch_size * block_size * self.devices * self.num_nodes
 
     def total_steps(self, block_size: int) -> int:
         return max(1, self.budget_tokens // self.tokens_per_step(block_size))
@@ -396,7 +398,7 @@ class ObjectiveModule(L.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         loss = self.model.next_token_loss(self.model.hidden_states(batch[:, :-1]), batch[:, 1:])
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch.size(0))
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch.size(0), sync_dist=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.budget_spent():
@@ -503,6 +505,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return safe_load(path, map_location if map_location is not None else "cpu")
 
 
+class DistributedTeardown(Callback):
+    """At the end of a multi-process fit: a barrier, then the process group is destroyed. gloo
+    can abort a process that exits with its group alive; after this, rank 0 evaluates alone and
+    the other ranks exit cleanly."""
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def cluster_environment():
+    """Who says where the ranks are. A SLURM launch of several tasks: SLURM (its requeueing
+    off: the launcher owns it). torchrun: torch elastic's variables. Anything else, a plain
+    `python` included: Lightning's own, which spawns the other local ranks itself. SLURM
+    variables alone do not make a SLURM launch: they leak into processes started inside an
+    allocation, and Lightning would then wait for ranks that never come."""
+    from lightning.pytorch.plugins.environments import (
+        LightningEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return SLURMEnvironment(auto_requeue=False)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return TorchElasticEnvironment()
+    return LightningEnvironment()
+
+
 def build_trainer(
     config: TrainingConfig,
     out_dir: Path,
@@ -526,6 +558,7 @@ def build_trainer(
     return L.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
+        num_nodes=config.num_nodes,
         strategy=config.strategy,
         precision=precision,
         max_epochs=-1,
@@ -536,8 +569,8 @@ def build_trainer(
         num_sanity_val_steps=0,
         log_every_n_steps=10,
         logger=make_loggers(config, out_dir, run_name),
-        callbacks=[checkpoint, *callbacks],
-        plugins=[AtomicCheckpointIO()],
+        callbacks=[checkpoint, DistributedTeardown(), *callbacks],
+        plugins=[AtomicCheckpointIO(), cluster_environment()],
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
         default_root_dir=out_dir,
