@@ -35,9 +35,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             plans = make_plan(spec, out, args.shard, lambda m: print(m, file=sys.stderr), console)
         print_plan(spec, plans, out)
         return 0
-    summary = run_spec(
-        spec, out, shard=args.shard, retry_failed=args.retry_failed, verbosity=_verbosity(args)
-    )
+    from beyondmle.launch import choose_launcher, launch
+
+    launcher = choose_launcher(spec, args.launcher, args.shard)
+    if launcher:
+        overrides = {"max_parallel": args.max_parallel} if args.max_parallel else {}
+        summary = launch(spec, out, launcher, overrides, args.retry_failed, _verbosity(args))
+    else:
+        summary = run_spec(
+            spec, out, shard=args.shard, retry_failed=args.retry_failed, verbosity=_verbosity(args)
+        )
     print(
         f"{len(summary.done)} cells done, {len(summary.failed)} failed, "
         f"{len(summary.skipped)} skipped; results in {out / 'results.sqlite'}"
@@ -47,6 +54,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _build_report([out], out)
     return 1 if summary.failed else 0
+
+
+def cmd_run_cell(args: argparse.Namespace) -> int:
+    from beyondmle.launch import run_single_cell
+    from beyondmle.spec import parse_spec
+
+    spec = parse_spec(args.spec)
+    out = Path(args.out or Path("runs") / spec.name)
+    status = run_single_cell(spec, args.cell, out, args.retry_failed, _verbosity(args))
+    print(f"cell {args.cell}: {status}")
+    return 0 if status in ("done", "trained") else 1
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from beyondmle.launch import RESULT_FILE
+    from beyondmle.results import merge, merge_file
+
+    into = Path(args.into or args.dirs[0])
+    db = merge(into, [Path(d) for d in args.dirs if Path(d).resolve() != into.resolve()])
+    try:
+        files = sorted((into / "cells").glob(f"*/{RESULT_FILE}"))
+        for path in files:  # cell result files written by run-cell, on any machine
+            merge_file(db, path)
+    finally:
+        db.close()
+    print(f"merged {len(args.dirs)} directories and {len(files)} cell result files into {into}")
+    return 0
 
 
 def _verbosity(args: argparse.Namespace) -> int:
@@ -235,7 +269,30 @@ def build_parser() -> argparse.ArgumentParser:
     loud.add_argument(
         "-v", "--verbose", action="store_true", help="print everything the frameworks print"
     )
+    p.add_argument(
+        "--launcher",
+        choices=("local", "submitit", "ray"),
+        help="run each cell through `run-cell` on this machine (local), a SLURM cluster "
+        "(submitit) or a Ray cluster (ray); settings in the spec's [launcher] table",
+    )
+    p.add_argument("--max-parallel", type=int, help="cells at once (launchers)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "run-cell", help="train and evaluate one cell into its own result file (idempotent)"
+    )
+    p.add_argument("spec")
+    p.add_argument("--cell", required=True, help="the cell id (see run --dry-run)")
+    p.add_argument("--out", help="results directory (default: runs/<benchmark name>)")
+    p.add_argument("--retry-failed", action="store_true", help="run the cell again if it failed")
+    p.add_argument("-q", "--quiet", action="store_true", help="print cell events only")
+    p.add_argument("-v", "--verbose", action="store_true", help="print everything")
+    p.set_defaults(func=cmd_run_cell)
+
+    p = sub.add_parser("merge", help="merge results directories and cell result files (idempotent)")
+    p.add_argument("dirs", nargs="+", help="results directories")
+    p.add_argument("--into", help="merge into this directory (default: the first)")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("list", help="list registered objectives, corpora and metrics")
     p.set_defaults(func=cmd_list)
@@ -274,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from beyondmle.launch import DependencyNotDone, LaunchError
     from beyondmle.results import ResultsError
     from beyondmle.spec import SpecError
     from beyondmle.training import UnsafeCheckpointError
@@ -288,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         UnknownPluginError,
         ResultsError,
         UnsafeCheckpointError,
+        LaunchError,
+        DependencyNotDone,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -54,6 +54,7 @@ LAYERS = {
     "beyondmle.runner": MATRIX,
     "beyondmle.console": MATRIX,
     "beyondmle.plan": MATRIX,
+    "beyondmle.launch": MATRIX,
     "beyondmle.cli": CLI,
     "beyondmle.skeleton": CLI,
     "beyondmle.reports": CLI,  # beside the CLI; see REPORT below

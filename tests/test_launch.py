@@ -1,0 +1,331 @@
+"""Beyond one process: `run-cell` as the one idempotent entry point, per-cell result files
+merged idempotently, and the launchers (local subprocesses, submitit's local executor, Ray)
+that call it; bad launcher input refused before anything is submitted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from beyondmle.cells import expand
+from beyondmle.launch import (
+    LOCK_FILE,
+    RESULT_FILE,
+    DependencyNotDone,
+    LaunchError,
+    launch,
+    launcher_settings,
+    result_status,
+    run_single_cell,
+    stages,
+)
+from beyondmle.spec import parse_spec
+from beyondmle.training import cluster_environment
+
+SPEC = """
+[benchmark]
+name = "launch"
+seeds = [0, 1]
+[[corpus]]
+name = "text"
+paths = ["{corpus}"]
+vocab_size = 300
+valid_fraction = 0.1
+test_fraction = 0.1
+cache_dir = "{cache}"
+[model]
+n_layer = 1
+n_head = 2
+n_embd = 16
+block_size = 32
+dropout = 0.0
+{regime}
+[training]
+budget_tokens = 256
+batch_size = 4
+precision = "32-true"
+accelerator = "cpu"
+{training}
+[[objective]]
+name = "mle"
+[[objective]]
+name = "denoising"
+[decoding]
+greedy = true
+[evaluation]
+num_samples = 8
+prompt_tokens = 4
+continuation_tokens = 8
+self_bleu_samples = 8
+batch_size = 8
+bootstrap_replicates = 10
+metrics = ["perplexity", "distinct"]
+{launcher}
+"""
+
+FINETUNE = """
+[regime]
+kind = "finetune"
+[base]
+budget_tokens = 512
+batch_size = 4
+precision = "32-true"
+accelerator = "cpu"
+"""
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    words = [f"w{i}" for i in range(40)]
+    lines = [" ".join(words[(i * 7 + j) % 40] for j in range(5 + i % 10)) for i in range(400)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def spec(regime: str = "", training: str = "", launcher: str = "") -> Path:
+        path = tmp_path / "spec.toml"
+        path.write_text(
+            SPEC.format(
+                corpus=tmp_path / "corpus.txt", cache=tmp_path / "cache", regime=regime,
+                training=training, launcher=launcher,
+            )
+        )  # fmt: skip
+        return path
+
+    return spec
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_run_cell_writes_one_result_file_and_a_second_call_does_nothing(write, tmp_path) -> None:
+    spec = parse_spec(write())
+    cell = expand(spec)[0]
+    out = tmp_path / "out"
+    assert run_single_cell(spec, cell.id, out) == "done"
+    result = out / "cells" / cell.id / RESULT_FILE
+    assert result_status(result.parent) == ("done", None)
+    assert rows(result, "SELECT id, status FROM cells") == [(cell.id, "done")]
+    metrics = rows(result, "SELECT COUNT(*) FROM metrics")[0][0]
+    assert metrics > 0 and not (result.parent / LOCK_FILE).exists()
+    stamp = result.stat().st_mtime_ns
+    assert run_single_cell(spec, cell.id, out) == "done"
+    assert result.stat().st_mtime_ns == stamp  # untouched: nothing ran again
+
+
+def test_a_dead_holders_lock_is_taken_over(write, tmp_path) -> None:
+    spec = parse_spec(write())
+    cell = expand(spec)[0]
+    cell_dir = tmp_path / "out" / "cells" / cell.id
+    cell_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid whose process is gone, on this host
+    from beyondmle.results import process_start, this_host
+
+    (cell_dir / LOCK_FILE).write_text(f"{this_host()}|{dead.pid}|{process_start(os.getpid())}|x")
+    assert run_single_cell(spec, cell.id, tmp_path / "out") == "done"
+
+
+def test_a_cell_whose_base_has_no_result_is_refused(write, tmp_path) -> None:
+    spec = parse_spec(write(regime=FINETUNE))
+    cells = expand(spec)
+    assert [len(s) for s in stages(cells)] == [1, 4]
+    with pytest.raises(DependencyNotDone, match="needs its base cell"):
+        run_single_cell(spec, cells[1].id, tmp_path / "out")
+
+
+def test_slurm_variables_alone_do_not_make_a_slurm_launch(write, tmp_path, monkeypatch) -> None:
+    for key, value in {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "1",
+        "SLURM_NODELIST": "node[01-02]",
+        "SLURM_JOB_NAME": "bash",
+    }.items():
+        monkeypatch.setenv(key, value)
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
+    assert isinstance(cluster_environment(), LightningEnvironment)
+    spec = parse_spec(write())
+    assert run_single_cell(spec, expand(spec)[0].id, tmp_path / "out") == "done"
+
+
+def counts(out: Path) -> tuple[int, int, int]:
+    db = out / "results.sqlite"
+    return (
+        rows(db, "SELECT COUNT(*) FROM cells WHERE status = 'done'")[0][0],
+        rows(db, "SELECT COUNT(*) FROM metrics")[0][0],
+        rows(db, "SELECT COUNT(*) FROM (SELECT cell_id, decoding, metric FROM metrics "
+                 "GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)")[0][0],
+    )  # fmt: skip
+
+
+def test_the_local_launcher_runs_every_stage_and_merges_idempotently(write, tmp_path) -> None:
+    spec = parse_spec(write(regime=FINETUNE))
+    out = tmp_path / "out"
+    summary = launch(spec, out, "local", {"max_parallel": 2})
+    assert not summary.failed and len(summary.done) == 5
+    done, metrics, duplicated = counts(out)
+    files = sorted((out / "cells").glob(f"*/{RESULT_FILE}"))
+    assert (done, duplicated) == (5, 0) and len(files) == 5
+    assert metrics == sum(rows(f, "SELECT COUNT(*) FROM metrics")[0][0] for f in files)
+    again = launch(spec, out, "local", {"max_parallel": 2})
+    assert not again.failed and counts(out) == (done, metrics, 0)
+    from beyondmle.cli import main
+
+    assert main(["merge", str(out)]) == 0
+    assert counts(out) == (done, metrics, 0)
+
+
+def test_submitit_runs_the_matrix_and_a_killed_driver_restarts_without_loss(
+    write, tmp_path
+) -> None:
+    pytest.importorskip("submitit")
+    path = write(launcher='[launcher]\ncluster = "local"\nmax_parallel = 2\ntime_min = 10')
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "beyondmle.cli", "run", str(path), "--out", str(out)]
+    command += ["--launcher", "submitit", "--quiet", "--no-report"]
+    driver = subprocess.Popen(command, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((out / "cells").glob(f"*/{RESULT_FILE}")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert list((out / "cells").glob(f"*/{RESULT_FILE}")), "no cell finished in time"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and every task it started
+    driver.wait()
+    restarted = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert counts(out) == (4, counts(out)[1], 0)
+    cells = {c.id for c in expand(parse_spec(path))}
+    assert {p.parent.name for p in (out / "cells").glob(f"*/{RESULT_FILE}")} == cells
+
+
+def test_the_ray_launcher_on_a_local_instance(write, tmp_path) -> None:
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install .[ray])")
+    spec = parse_spec(write(launcher="[launcher]\nnum_cpus = 1\nmax_retries = 0"))
+    summary = launch(spec, tmp_path / "out", "ray")
+    assert not summary.failed and len(summary.done) == 4
+
+
+def test_an_unknown_launcher_is_refused(write) -> None:
+    with pytest.raises(LaunchError, match="unknown launcher 'slurm'; known: local, submitit, ray"):
+        launcher_settings(parse_spec(write()), "slurm")
+
+
+def test_a_launcher_key_the_launcher_does_not_take_is_refused(write) -> None:
+    spec = parse_spec(write(launcher='[launcher]\npartition = "gpu"'))
+    with pytest.raises(LaunchError, match=r"launcher.partition: expected a key the 'local'"):
+        launcher_settings(spec, "local")
+    assert launcher_settings(spec, "submitit").partition == "gpu"
+
+
+def test_several_nodes_need_a_launcher_that_places_them(write) -> None:
+    spec = parse_spec(write(training="num_nodes = 2"))
+    with pytest.raises(LaunchError, match="training.num_nodes: expected 1 with the 'local'"):
+        launcher_settings(spec, "local")
+    settings = launcher_settings(spec, "submitit")
+    assert settings.cluster is None
+    cell = expand(spec)[0]
+    assert cell.training.tokens_per_step(32) == 4 * 32 * 2  # the global batch counts nodes
+
+
+# one cell over two processes (gloo DDP on CPU)
+
+DDP = 'devices = 2\nstrategy = "ddp"\nval_every_steps = 2\ncheckpoint_every_steps = 100'
+
+
+def run_cell_process(path: Path, cell_id: str, out: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "beyondmle.cli", "run-cell", str(path), "--cell", cell_id]
+    return subprocess.run(
+        [*command, "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300
+    )
+
+
+def val_curve(out: Path, cell_id: str) -> list[float]:
+    import pandas as pd
+
+    log = pd.read_csv(out / "cells" / cell_id / "logs" / "metrics.csv")
+    return log["val/loss"].dropna().tolist()
+
+
+@pytest.mark.slow
+def test_a_two_process_cell_matches_one_process_at_the_same_global_batch(write, tmp_path) -> None:
+    import torch
+
+    from beyondmle.evaluation import Evaluator
+    from beyondmle.runner import corpus_key, load_corpora
+    from beyondmle.training import load_model
+
+    budget = "budget_tokens = 2560"
+    two = tmp_path / "two.toml"
+    two.write_text(write(training=DDP).read_text().replace("budget_tokens = 256", budget))
+    one = tmp_path / "one.toml"
+    one.write_text(
+        write(training="val_every_steps = 2\ncheckpoint_every_steps = 100")
+        .read_text()
+        .replace("budget_tokens = 256", budget)
+        .replace("batch_size = 4\nprecision", "batch_size = 8\nprecision")
+    )
+    cells = {name: expand(parse_spec(p))[0] for name, p in (("one", one), ("two", two))}
+    assert cells["two"].training.tokens_per_step(32) == cells["one"].training.tokens_per_step(32)
+    for name, path in (("one", one), ("two", two)):
+        done = run_cell_process(path, cells[name].id, tmp_path / name)
+        assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (
+        val_curve(tmp_path / "one", cells["one"].id),
+        val_curve(tmp_path / "two", cells["two"].id),
+    )
+    assert len(a) == len(b) == 5  # 10 steps of the same global batch, validated every 2
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 0.05, (a, b)
+    assert a[-1] < a[0] - 0.1 and b[-1] < b[0] - 0.1
+
+    # Rank 0 evaluated alone: the stored numbers are one process's evaluation of the checkpoint.
+    spec = parse_spec(two)
+    cell_dir = tmp_path / "two" / "cells" / cells["two"].id
+    model, _, _ = load_model(cell_dir / "model.ckpt")
+    corpus = load_corpora(spec)[corpus_key(cells["two"].corpus)]
+    with torch.no_grad():
+        expected, _ = Evaluator(model, corpus, spec.evaluation).model_metrics()
+    stored = dict(
+        rows(cell_dir / RESULT_FILE, "SELECT metric, value FROM metrics WHERE decoding = ''")
+    )
+    assert {r.metric: r.value for r in expected} == pytest.approx(stored, rel=1e-6)
+    assert rows(
+        cell_dir / RESULT_FILE, "SELECT value FROM cell_compute WHERE key = 'train_tokens'"
+    ) == [(2560.0,)]
+
+
+@pytest.mark.slow
+def test_a_two_process_cell_exits_cleanly_20_times_in_20(write, tmp_path) -> None:
+    path = write(training=DDP)
+    cell = expand(parse_spec(path))[0]
+    codes = []
+    for attempt in range(20):
+        done = run_cell_process(path, cell.id, tmp_path / f"out{attempt}")
+        codes.append((done.returncode, done.stderr[-500:] if done.returncode else ""))
+    assert [c for c, _ in codes] == [0] * 20, [e for c, e in codes if c]
+
+
+def test_a_multi_process_cell_goes_through_run_cell_and_a_rank_cannot_run_a_matrix(
+    write, monkeypatch
+) -> None:
+    from beyondmle.launch import choose_launcher
+
+    one, two = parse_spec(write()), parse_spec(write(training=DDP))
+    assert choose_launcher(one, None, (0, 1)) is None
+    assert choose_launcher(two, None, (0, 1)) == "local"
+    assert choose_launcher(two, "submitit", (0, 1)) == "submitit"
+    with pytest.raises(LaunchError, match="--shard"):
+        choose_launcher(one, "local", (1, 2))
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(LaunchError, match="beyondmle run-cell SPEC --cell ID"):
+        choose_launcher(one, None, (0, 1))
