@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -348,49 +349,52 @@ def _command(spec: Spec, cell: Cell, out_dir: Path, retry_failed: bool) -> list[
     return command + (["--retry-failed"] if retry_failed else [])
 
 
+def threads_per_cell(parallel: int) -> int:
+    """A cell's share of this machine's cores when `parallel` cells run on it at once. Each
+    process would otherwise start one thread per core, and n processes spinning n threads each
+    on n cores run several times slower than one after another."""
+    return max(1, (os.cpu_count() or 1) // parallel)
+
+
 def _submit_local(spec, settings: LocalSettings, cells, out_dir, retry_failed):
-    queue = list(cells)
-    running: list[tuple[Cell, subprocess.Popen]] = []
-
-    def pump() -> None:
-        running[:] = [(c, p) for c, p in running if p.poll() is None]
-        while queue and len(running) < settings.max_parallel:
-            cell = queue.pop(0)
-            log_dir = out_dir / "cells" / cell.id
-            log_dir.mkdir(parents=True, exist_ok=True)
-            log = open(log_dir / "launcher.log", "ab")  # noqa: SIM115 (the child owns it)
-            process = subprocess.Popen(
-                _command(spec, cell, out_dir, retry_failed), stdout=log, stderr=log
-            )
-            log.close()
-            running.append((cell, process))
-            processes[cell.id] = process
-
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_cell(settings.max_parallel)))
     processes: dict[str, subprocess.Popen] = {}
-
-    def finished(cell: Cell) -> bool:
-        pump()
-        process = processes.get(cell.id)
-        return process is not None and process.poll() is not None
+    for cell in cells:
+        log_dir = out_dir / "cells" / cell.id
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "launcher.log", "ab") as log:
+            processes[cell.id] = subprocess.Popen(
+                _command(spec, cell, out_dir, retry_failed), stdout=log, stderr=log, env=env
+            )
 
     def error(cell: Cell) -> str | None:
         code = processes[cell.id].returncode
         return None if code == 0 else f"run-cell exited with {code}; see launcher.log"
 
-    pump()
-    return [Handle(c, lambda c=c: finished(c), lambda c=c: error(c)) for c in cells]
+    return [
+        Handle(c, lambda c=c: processes[c.id].poll() is not None, lambda c=c: error(c))
+        for c in cells
+    ]
 
 
 class CellTask:
     """What a submitit task runs: `run-cell` in-process. Checkpointable: on preemption or
     timeout submitit requeues the same call, which resumes the cell from its checkpoint."""
 
-    def __init__(self, spec_path: str, out_dir: str, retry_failed: bool) -> None:
+    def __init__(
+        self, spec_path: str, out_dir: str, retry_failed: bool, threads: int | None = None
+    ) -> None:
         self.spec_path, self.out_dir, self.retry_failed = spec_path, out_dir, retry_failed
+        self.threads = threads  # on this machine (the local executor): its share of the cores
 
     def __call__(self, cell_id: str) -> str:
         from beyondmle.spec import parse_spec
 
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         distributed_environment()
         return run_single_cell(parse_spec(self.spec_path), cell_id, self.out_dir, self.retry_failed)
 
@@ -413,6 +417,7 @@ def _submit_submitit(spec, settings: SubmititSettings, cells, out_dir, retry_fai
     import submitit
 
     executor = submitit.AutoExecutor(folder=out_dir / "submitit" / "%j", cluster=settings.cluster)
+    here = executor.cluster != "slurm"
     training = cells[0].training
     parameters = {
         "timeout_min": settings.time_min,
@@ -433,7 +438,8 @@ def _submit_submitit(spec, settings: SubmititSettings, cells, out_dir, retry_fai
     if settings.slurm_additional:
         parameters["slurm_additional_parameters"] = dict(settings.slurm_additional)
     executor.update_parameters(**parameters)
-    task = CellTask(spec.path, str(out_dir), retry_failed)
+    threads = threads_per_cell(settings.max_parallel) if here else None
+    task = CellTask(spec.path, str(out_dir), retry_failed, threads)
     jobs = executor.map_array(task, [c.id for c in cells])
 
     def error(job) -> str | None:
@@ -515,6 +521,19 @@ def stages(cells: list[Cell]) -> list[list[Cell]]:
     return out
 
 
+def concurrency(launcher: str, settings: Settings) -> int | None:
+    """How many cells the driver keeps submitted at once: `max_parallel` where nothing else
+    limits them (this machine's processes, submitit's local executor, which ignores the array's
+    parallelism); None where the engine does (SLURM's array throttle, Ray's resources)."""
+    if launcher == "local":
+        return settings.max_parallel
+    if launcher == "submitit" and settings.cluster in ("local", "debug"):
+        return settings.max_parallel
+    if launcher == "submitit" and settings.cluster is None and not shutil.which("sbatch"):
+        return settings.max_parallel  # AutoExecutor falls back to the local executor
+    return None
+
+
 def launch(
     spec: Spec,
     out_dir: str | Path,
@@ -553,8 +572,12 @@ def launch(
                 continue
             for cell in todo:
                 console.cell(index[cell.id], f"{cell.describe()} ({cell.id})", "submitted")
-            handles = SUBMIT[launcher](spec, settings, todo, out_dir, retry_failed)
-            while handles:
+            limit = concurrency(launcher, settings) or len(todo)
+            handles: list[Handle] = []
+            while todo or handles:
+                if todo and len(handles) < limit:
+                    batch, todo = todo[: limit - len(handles)], todo[limit - len(handles) :]
+                    handles += SUBMIT[launcher](spec, settings, batch, out_dir, retry_failed)
                 for handle in [h for h in handles if h.done()]:
                     handles.remove(handle)
                     _collect(db, out_dir, handle.cell, summary, console, index[handle.cell.id],

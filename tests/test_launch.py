@@ -329,3 +329,15 @@ def test_a_multi_process_cell_goes_through_run_cell_and_a_rank_cannot_run_a_matr
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(LaunchError, match="beyondmle run-cell SPEC --cell ID"):
         choose_launcher(one, None, (0, 1))
+
+
+def test_the_driver_throttles_where_the_engine_does_not(write, monkeypatch) -> None:
+    from beyondmle.launch import concurrency, threads_per_cell
+
+    spec = parse_spec(write(launcher='[launcher]\nmax_parallel = 3\ncluster = "local"'))
+    assert concurrency("submitit", launcher_settings(spec, "submitit")) == 3
+    slurm = parse_spec(write(launcher='[launcher]\nmax_parallel = 3\ncluster = "slurm"'))
+    assert concurrency("submitit", launcher_settings(slurm, "submitit")) is None
+    assert concurrency("ray", launcher_settings(parse_spec(write()), "ray")) is None
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [threads_per_cell(n) for n in (1, 2, 3, 32)] == [16, 8, 5, 1]
