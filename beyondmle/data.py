@@ -11,11 +11,12 @@ the same length, which MAUVE needs.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from beyondmle.api import Corpus, CorpusError
 
@@ -82,6 +83,41 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "little") % (2**63)
 
 
+class GlobalBatchSampler(Sampler[int]):
+    """One shuffled order of the whole set per epoch, cut into global batches of `batch_size ×
+    world` rows; rank r takes the r-th slice of each. On one process this is exactly torch's
+    RandomSampler with the same generator; on several, the ranks of a step together see the
+    rows one process would see at the same global batch, so a cell's data order, and the
+    pairing of objectives under one seed, do not depend on how many processes train it.
+    (Lightning's DistributedSampler would reshuffle with its own seed; the trainer is told not
+    to substitute it.)"""
+
+    def __init__(
+        self, n: int, batch_size: int, rank: int, world: int, generator: torch.Generator
+    ) -> None:
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.generator = generator
+        self.drop_last = n >= batch_size * world
+        steps = n // (batch_size * world) if self.drop_last else 1
+        self.length = steps * batch_size if self.drop_last else len(range(rank, n, world))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        if not self.drop_last:  # fewer rows than one global batch: every row once
+            yield from order[self.rank :: self.world]
+        else:
+            step = self.batch_size * self.world
+            for start in range(0, self.length // self.batch_size * step, step):
+                first = start + self.rank * self.batch_size
+                yield from order[first : first + self.batch_size]
+        # RandomSampler draws a second, empty permutation at the end of each epoch; so does
+        # this, so one process's order stays bit-identical to RandomSampler's in every epoch.
+        torch.randperm(self.n, generator=self.generator)
+
+
 class LanguageDataModule(L.LightningDataModule):
     """Training blocks of the train split; validation blocks of the valid split for the loss
     curve (the exact held-out perplexity is computed after training, see `evaluation`)."""
@@ -110,15 +146,20 @@ class LanguageDataModule(L.LightningDataModule):
         self.val_set = TokenBlocks(val, min(self.block_size, len(val) - 1))
 
     def train_dataloader(self) -> DataLoader:
-        generator = None
+        generator = torch.Generator()
         if self.order_seed is not None:
-            generator = torch.Generator().manual_seed(self.order_seed)
+            generator.manual_seed(self.order_seed)
+        else:
+            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        sampler = GlobalBatchSampler(len(self.train_set), self.batch_size, rank, world, generator)
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=sampler,
             generator=generator,
-            drop_last=len(self.train_set) >= self.batch_size,
+            drop_last=sampler.drop_last,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -571,6 +571,7 @@ def build_trainer(
         logger=make_loggers(config, out_dir, run_name),
         callbacks=[checkpoint, DistributedTeardown(), *callbacks],
         plugins=[AtomicCheckpointIO(), cluster_environment()],
+        use_distributed_sampler=False,  # GlobalBatchSampler: one data order at any scale
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
         default_root_dir=out_dir,

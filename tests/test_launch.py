@@ -285,7 +285,9 @@ def test_a_two_process_cell_matches_one_process_at_the_same_global_batch(write, 
         val_curve(tmp_path / "two", cells["two"].id),
     )
     assert len(a) == len(b) == 5  # 10 steps of the same global batch, validated every 2
-    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 0.05, (a, b)
+    # The same rows in every global batch (GlobalBatchSampler), gradients averaged over ranks:
+    # the curves agree up to the order of floating-point sums.
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4, (a, b)
     assert a[-1] < a[0] - 0.1 and b[-1] < b[0] - 0.1
 
     # Rank 0 evaluated alone: the stored numbers are one process's evaluation of the checkpoint.
@@ -299,6 +301,13 @@ def test_a_two_process_cell_matches_one_process_at_the_same_global_batch(write, 
         rows(cell_dir / RESULT_FILE, "SELECT metric, value FROM metrics WHERE decoding = ''")
     )
     assert {r.metric: r.value for r in expected} == pytest.approx(stored, rel=1e-6)
+    one_process = dict(
+        rows(
+            tmp_path / "one" / "cells" / cells["one"].id / RESULT_FILE,
+            "SELECT metric, value FROM metrics WHERE decoding = ''",
+        )
+    )
+    assert stored == pytest.approx(one_process, rel=1e-4)  # the same model, trained either way
     assert rows(
         cell_dir / RESULT_FILE, "SELECT value FROM cell_compute WHERE key = 'train_tokens'"
     ) == [(2560.0,)]

@@ -70,3 +70,32 @@ def test_mle_and_the_gan_draw_the_same_data_and_weights_under_one_seed(
 
     other, _ = record(Cell(corpus, MODEL, TRAINING, mle, 4), ptb, tmp_path / "other", monkeypatch)
     assert not torch.equal(other[0], mle_batches[0]), "another seed, another order"
+
+
+def _batches(loader_for, epochs: int = 3) -> list[list[list[int]]]:
+    loader = loader_for()
+    return [[batch.tolist() for batch in loader] for _ in range(epochs)]
+
+
+def test_the_data_order_does_not_depend_on_how_many_processes_train_a_cell() -> None:
+    from torch.utils.data import DataLoader
+
+    from beyondmle.data import GlobalBatchSampler
+
+    rows = list(range(50))
+
+    def torch_random_sampler(batch: int):
+        generator = torch.Generator().manual_seed(3)
+        return DataLoader(rows, batch_size=batch, shuffle=True, generator=generator, drop_last=True)
+
+    def ours(batch: int, rank: int, world: int):
+        generator = torch.Generator().manual_seed(3)
+        sampler = GlobalBatchSampler(len(rows), batch, rank, world, generator)
+        return DataLoader(rows, batch_size=batch, sampler=sampler, generator=generator,
+                          drop_last=sampler.drop_last)  # fmt: skip
+
+    one_process = _batches(lambda: torch_random_sampler(8))
+    assert _batches(lambda: ours(8, 0, 1)) == one_process  # every epoch, bit for bit
+    rank0, rank1 = _batches(lambda: ours(4, 0, 2)), _batches(lambda: ours(4, 1, 2))
+    for epoch, (a, b) in enumerate(zip(rank0, rank1, strict=True)):
+        assert [x + y for x, y in zip(a, b, strict=True)] == one_process[epoch]
