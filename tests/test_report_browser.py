@@ -87,7 +87,7 @@ def test_report_loads_without_console_messages(report: Path, tmp_path: Path) -> 
         "test perplexity against MAUVE",
         "quality-diversity frontiers",
         "training curves",
-        "each objective&#x27;s own loss",
+        "each objective's own loss",
     ]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
     assert "<script" not in dom.lower()
