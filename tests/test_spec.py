@@ -278,7 +278,7 @@ def test_unknown_top_level_section_is_reported(tmp_path):
     path, lines = spec_error(tmp_path, MINIMAL + "\n[optimizer]\nlr = 0.1\n")
     assert lines == [
         f"{path}: optimizer: expected a known section (base, benchmark, corpus, decoding, "
-        "evaluation, model, objective, preferences, regime, training), got 'optimizer'"
+        "evaluation, launcher, model, objective, preferences, regime, training), got 'optimizer'"
     ]
 
 
