@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import write_tiny_corpus
 
 from beyondmle.cli import main
 from beyondmle.reports import build_report
@@ -59,9 +60,7 @@ metrics = ["perplexity", "distinct"]
 def finished(tmp_path_factory) -> tuple[Path, Path]:
     """A spec and a finished results directory of it (two cells), copied for each test."""
     d = tmp_path_factory.mktemp("damage")
-    words = [f"w{i}" for i in range(40)]
-    lines = [" ".join(words[(i * 7 + j) % 40] for j in range(5 + i % 10)) for i in range(400)]
-    (d / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_tiny_corpus(d)
     spec = d / "spec.toml"
     spec.write_text(SPEC.format(corpus=d / "corpus.txt", cache=d / "cache"), encoding="utf-8")
     out = d / "out"

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tiny import write_tiny_corpus
 
 from beyondmle.results import claim_is_dead, process_start, this_host, worker_id
 
@@ -105,9 +106,7 @@ metrics = ["perplexity", "distinct", "test_sigkill_metric"]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("kill")
-    words = [f"w{i}" for i in range(40)]
-    lines = [" ".join(words[(i * 7 + j) % 40] for j in range(5 + i % 10)) for i in range(400)]
-    (d / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_tiny_corpus(d)
     spec = d / "spec.toml"
     spec.write_text(SPEC.format(corpus=d / "corpus.txt", cache=d / "cache"), encoding="utf-8")
     (d / "runner.py").write_text(textwrap.dedent(SCRIPT), encoding="utf-8")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import write_tiny_corpus
 
 from beyondmle.cells import expand
 from beyondmle.launch import (
@@ -83,9 +84,7 @@ accelerator = "cpu"
 
 @pytest.fixture
 def write(tmp_path: Path):
-    words = [f"w{i}" for i in range(40)]
-    lines = [" ".join(words[(i * 7 + j) % 40] for j in range(5 + i % 10)) for i in range(400)]
-    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_tiny_corpus(tmp_path)
 
     def spec(regime: str = "", training: str = "", launcher: str = "") -> Path:
         path = tmp_path / "spec.toml"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny import write_tiny_corpus
 
 from beyondmle.cli import main
 from beyondmle.plan import make_plan
@@ -50,9 +51,7 @@ metrics = ["perplexity", "distinct"]
 
 @pytest.fixture
 def spec_path(tmp_path: Path) -> Path:
-    words = [f"w{i}" for i in range(40)]
-    lines = [" ".join(words[(i * 7 + j) % 40] for j in range(5 + i % 10)) for i in range(400)]
-    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_tiny_corpus(tmp_path)
     path = tmp_path / "spec.toml"
     path.write_text(SPEC.format(corpus=tmp_path / "corpus.txt", cache=tmp_path / "cache"))
     return path

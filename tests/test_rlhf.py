@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import write_tiny_corpus
 
 from beyondmle.api import (
     Optimizers,
@@ -260,9 +261,7 @@ METRICS = '["perplexity", "distinct", "self_bleu", "reward", "policy_kl", "rewar
 
 @pytest.fixture
 def write(tmp_path: Path):
-    words = [f"w{i}" for i in range(40)]
-    lines = [" ".join(words[(i * 7 + j) % 40] for j in range(5 + i % 10)) for i in range(400)]
-    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_tiny_corpus(tmp_path)
 
     def spec(
         regime: str = FINETUNE,
