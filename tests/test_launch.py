@@ -349,3 +349,22 @@ def test_the_driver_throttles_where_the_engine_does_not(write, monkeypatch) -> N
     assert concurrency("ray", launcher_settings(parse_spec(write()), "ray")) is None
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert [threads_per_cell(n) for n in (1, 2, 3, 32)] == [16, 8, 5, 1]
+
+
+@pytest.mark.slow
+def test_torchrun_launches_the_same_cell_and_only_rank_0_writes(write, tmp_path) -> None:
+    path = write(training=DDP)
+    cell = expand(parse_spec(path))[0]
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["-m", "beyondmle.cli", "run-cell", str(path), "--cell", cell.id]
+    done = subprocess.run(
+        [*command, "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(done.stdout.split("\n")[:-1]) == sorted(
+        [f"cell {cell.id}: done", f"cell {cell.id}: trained"]
+    )  # rank 0 trained, evaluated and wrote; rank 1 trained only
+    result = out / "cells" / cell.id / RESULT_FILE
+    assert result_status(result.parent) == ("done", None)
+    assert rows(result, "SELECT value FROM cell_compute WHERE key = 'train_tokens'") == [(256.0,)]
