@@ -4,6 +4,7 @@ that call it; bad launcher input refused before anything is submitted."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -186,25 +187,50 @@ def test_the_local_launcher_runs_every_stage_and_merges_idempotently(write, tmp_
     assert counts(out) == (done, metrics, 0)
 
 
-def test_submitit_runs_the_matrix_and_a_killed_driver_restarts_without_loss(
-    write, tmp_path
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_submitit_runs_the_smoke_matrix_and_a_killed_driver_and_task_restart_without_loss(
+    tmp_path,
 ) -> None:
+    """The driver and one running task are killed with SIGKILL once a cell has finished; the
+    other task lives on, orphaned. The restarted driver waits for the live one (its lock), takes
+    over the dead one's cell (its process is gone) and ends with every cell done, once."""
     pytest.importorskip("submitit")
-    path = write(launcher='[launcher]\ncluster = "local"\nmax_parallel = 2\ntime_min = 10')
+    smoke = Path(__file__).parent.parent / "benchmarks" / "smoke.toml"
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "beyondmle.cli", "run", str(path), "--out", str(out)]
-    command += ["--launcher", "submitit", "--quiet", "--no-report"]
+    command = [sys.executable, "-m", "beyondmle.cli", "run", str(smoke), "--out", str(out)]
+    command += ["--launcher", "submitit", "--max-parallel", "2", "--quiet", "--no-report"]
     driver = subprocess.Popen(command, start_new_session=True)
-    deadline = time.time() + 300
-    while not list((out / "cells").glob(f"*/{RESULT_FILE}")) and time.time() < deadline:
-        time.sleep(0.5)
-    assert list((out / "cells").glob(f"*/{RESULT_FILE}")), "no cell finished in time"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and every task it started
-    driver.wait()
-    restarted = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert restarted.returncode == 0, restarted.stderr[-2000:]
-    assert counts(out) == (4, counts(out)[1], 0)
-    cells = {c.id for c in expand(parse_spec(path))}
+    try:
+        deadline = time.time() + 300
+        while not list((out / "cells").glob(f"*/{RESULT_FILE}")) and time.time() < deadline:
+            time.sleep(0.5)
+        assert list((out / "cells").glob(f"*/{RESULT_FILE}")), "no cell finished in time"
+        tasks = children(driver.pid)
+        assert tasks, "no running task to kill"
+        os.kill(tasks[0], signal.SIGKILL)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        restarted = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        assert restarted.returncode == 0, restarted.stderr[-2000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # any orphaned task of the first driver
+            os.killpg(driver.pid, signal.SIGKILL)
+    cells = {c.id for c in expand(parse_spec(smoke))}
+    assert counts(out)[0] == len(cells) == 6 and counts(out)[2] == 0
     assert {p.parent.name for p in (out / "cells").glob(f"*/{RESULT_FILE}")} == cells
 
 
