@@ -405,11 +405,12 @@ class CellTask:
 
 
 def distributed_environment() -> None:
-    """Under a SLURM launch of several tasks, export torch.distributed's variables (rank, world
-    size, master address) the way submitit computes them, so Lightning reads them directly."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        import submitit
+    """In a submitit task of several processes (SLURM's tasks, or the local executor's), export
+    torch.distributed's variables (rank, world size, master address) the way submitit computes
+    them, so every rank knows its place and only rank 0 writes."""
+    import submitit
 
+    if submitit.JobEnvironment().num_tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 

@@ -394,3 +394,12 @@ def test_torchrun_launches_the_same_cell_and_only_rank_0_writes(write, tmp_path)
     result = out / "cells" / cell.id / RESULT_FILE
     assert result_status(result.parent) == ("done", None)
     assert rows(result, "SELECT value FROM cell_compute WHERE key = 'train_tokens'") == [(256.0,)]
+
+
+@pytest.mark.slow
+def test_a_two_process_cell_under_submitits_local_executor_writes_once(write, tmp_path) -> None:
+    pytest.importorskip("submitit")
+    spec = parse_spec(write(training=DDP, launcher='[launcher]\ncluster = "local"'))
+    summary = launch(spec, tmp_path / "out", "submitit")
+    assert not summary.failed and len(summary.done) == 4
+    assert counts(tmp_path / "out")[0] == 4 and counts(tmp_path / "out")[2] == 0
