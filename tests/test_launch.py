@@ -235,9 +235,12 @@ def test_submitit_runs_the_smoke_matrix_and_a_killed_driver_and_task_restart_wit
 
 
 def test_the_ray_launcher_on_a_local_instance(write, tmp_path) -> None:
-    pytest.importorskip("ray", reason="the ray extra is not installed (pip install .[ray])")
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install .[ray])")
     spec = parse_spec(write(launcher="[launcher]\nnum_cpus = 1\nmax_retries = 0"))
-    summary = launch(spec, tmp_path / "out", "ray")
+    try:
+        summary = launch(spec, tmp_path / "out", "ray")
+    finally:
+        ray.shutdown()  # the local instance's processes would otherwise outlive the test
     assert not summary.failed and len(summary.done) == 4
 
 
