@@ -47,13 +47,13 @@ from beyondmle.results import (
 )
 from beyondmle.runner import (
     RunSummary,
-    _run_one,
-    _with_dependencies,
+    claim_and_run,
     corpus_key,
     git_commit,
     load_corpora,
     package_versions,
     train,
+    with_dependencies,
 )
 from beyondmle.settings import Problem, Settings, build_settings, setting
 from beyondmle.spec import Spec
@@ -109,7 +109,7 @@ def result_status(cell_dir: Path) -> tuple[str | None, str | None]:
 
 
 def find_cell(spec: Spec, cell_id: str) -> Cell:
-    cells = _with_dependencies(expand(spec))
+    cells = with_dependencies(expand(spec))
     for cell in cells:
         if cell.id == cell_id:
             return cell
@@ -218,7 +218,7 @@ def _run_locked(spec, cell, corpora, out_dir, cell_dir, retry_failed, verbosity)
         console = RunConsole(1, verbosity)
         summary = RunSummary(out_dir)
         with console.capture():
-            _run_one(
+            claim_and_run(
                 1, cell, spec, corpora, db, run_id, worker, out_dir, console, summary,
                 retry_failed, ready=lambda dependency: True,
             )  # fmt: skip
@@ -547,7 +547,7 @@ def launch(
     """Run the matrix through a launcher; see the module docstring."""
     settings = launcher_settings(spec, launcher, overrides)
     out_dir = Path(out_dir).resolve()
-    cells = _with_dependencies(expand(spec))
+    cells = with_dependencies(expand(spec))
     load_corpora(spec)  # bad input fails here, before anything is submitted
     console = RunConsole(len(cells), verbosity, stream or sys.stderr)
     summary = RunSummary(out_dir)

@@ -144,7 +144,7 @@ def run_spec(
         db.start_run(run_id, spec.path, spec.text, git_commit(), package_versions())
         preference_metrics = ["reward_model"] if spec.preferences else []
         db.record_metric_info(metric_info([*spec.evaluation.metrics, *preference_metrics]))
-        for cell in _with_dependencies(cells):
+        for cell in with_dependencies(cells):
             db.register_cell(
                 cell.id, cell.config, cell.corpus.name, cell.objective.label, cell.seed
             )
@@ -153,7 +153,7 @@ def run_spec(
             _heal_or_fail(cell, db, out_dir, run_id, retry_failed, console)
         try:
             for index, cell in enumerate(cells, start=1):
-                _run_one(
+                claim_and_run(
                     index,
                     cell,
                     spec,
@@ -184,7 +184,7 @@ def _costs(cells: list[Cell]) -> list[tuple[str, float]]:
     ]
 
 
-def _run_one(
+def claim_and_run(
     index: int,
     cell: Cell,
     spec: Spec,
@@ -311,11 +311,11 @@ def _heal_or_fail(
 DEPENDENCY_POLL_SECONDS = 5.0
 
 
-def _with_dependencies(cells: list[Cell]) -> list[Cell]:
+def with_dependencies(cells: list[Cell]) -> list[Cell]:
     """The cells and every cell they depend on, dependencies first, each once."""
     out: list[Cell] = []
     for cell in cells:
-        for c in [*_with_dependencies(cell.dependencies), cell]:
+        for c in [*with_dependencies(cell.dependencies), cell]:
             if c not in out:
                 out.append(c)
     return out
@@ -345,7 +345,9 @@ def _dependency_ready(
             return False
         if db.claim(needed.id, worker, retry_failed):
             db.release(needed.id)
-            _run_one(0, needed, spec, corpora, db, run_id, worker, out_dir, console, summary, True)
+            claim_and_run(
+                0, needed, spec, corpora, db, run_id, worker, out_dir, console, summary, True
+            )
             continue
         if not waiting:
             console.cell(0, f"{needed.describe()} ({needed.id})", "waiting for another runner")
