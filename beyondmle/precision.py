@@ -103,9 +103,17 @@ def measure_matmul(n: int = 1024, repeats: int = 5) -> MatmulProbe:
     return MatmulProbe(fp32=rates[0], bf16=rates[1])
 
 
+# Settings that change which kernels run without changing the CPU's flags: a probe measured
+# under one of them says nothing about the others (`ONEDNN_MAX_CPU_ISA=AVX512_CORE` turns
+# oneDNN's native bf16 off on a CPU that advertises it).
+KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
 def _probe_key(flags: set[str]) -> str:
+    kernel_env = {name: os.environ.get(name, "") for name in KERNEL_ENV}
     blob = json.dumps(
-        [cpu_model(), sorted(flags), torch.get_num_threads(), torch.__version__], sort_keys=True
+        [cpu_model(), sorted(flags), torch.get_num_threads(), torch.__version__, kernel_env],
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
