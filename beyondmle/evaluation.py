@@ -187,6 +187,7 @@ class Evaluator:
             "reward_model": self.preferences.reward_id if self.preferences else None,
         }
         self.metrics = [m for m in (get_metric(name) for name in cfg.metrics) if self._can(m)]
+        self.shared: dict = {}  # intermediates the metrics share for this model (EvalInputs)
         # The same prompt resamples in every cell (seeded by sample_seed): replicate r of two
         # objectives scores the same prompts, so their differences are paired.
         self.resamples = (
@@ -239,6 +240,7 @@ class Evaluator:
             resamples=self.resamples,
             oracle=getattr(self.corpus, "oracle", None),
             bos=self.corpus.tokenizer.eos_id,
+            shared=self.shared,
         )
         return self._rows(metrics, "", self._with_preferences(inputs))
 
@@ -287,6 +289,7 @@ class Evaluator:
             resamples=self.resamples,
             decoding=decoding,
             bos=self.corpus.tokenizer.eos_id,
+            shared=self.shared,
         )
         if any("model" in m.needs or "oracle" in m.needs for m in metrics):
             inputs.model = self.model

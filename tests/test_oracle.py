@@ -137,6 +137,59 @@ def test_bigram_kls_match_the_exact_sums(seeds) -> None:
     assert forward > 0.05 and reverse > 0.05  # not trivially zero
 
 
+def exact_step_errors(P: torch.Tensor, Q: torch.Tensor) -> tuple[list[float], list[float]]:
+    """KL(P || Q) of the next-token rows at each continuation step, in expectation: along P's
+    own continuations (teacher forcing: eps_j) and along Q's continuations of P's prompts
+    (the student's own prefixes: the terms of R), by propagating the previous token's law."""
+    P, Q = P.double(), Q.double()
+    kl_pq = (P * (P.log() - Q.log())).sum(-1)
+    prompt_end = torch.zeros(P.size(0), dtype=torch.float64)
+    prompt_end[BOS] = 1.0
+    for _ in range(PROMPT - 1):
+        prompt_end = prompt_end @ P  # the law of the prompt's last token
+    teacher, own = [], []
+    along_p, along_q = prompt_end, prompt_end
+    for _ in range(CONTINUATION):
+        teacher.append(float(along_p @ kl_pq))
+        own.append(float(along_q @ kl_pq))
+        along_p, along_q = along_p @ P, along_q @ Q
+    return teacher, own
+
+
+@pytest.mark.parametrize("seeds", [(1, 2), (5, 6)])
+def test_bigram_exposure_bias_matches_the_exact_errors(seeds) -> None:
+    P, Q = random_bigram(6, seeds[0]), random_bigram(6, seeds[1], sharpness=1.0)
+    inputs = inputs_for(BigramOracle(P), TableModel(BigramOracle(Q)), n=4000)
+    teacher, own = exact_step_errors(P, Q)
+    eps, regret = sum(teacher) / CONTINUATION, sum(own)
+    exposure = values(exposure_bias_metric(inputs))
+    assert exposure["per_step_error"] == pytest.approx(eps, rel=0.02)
+    assert exposure["regret_per_step"] == pytest.approx(regret / CONTINUATION, rel=0.02)
+    excess = 100 * (regret - CONTINUATION * eps) / (CONTINUATION * eps)
+    assert exposure["ex_acc_err_100"] == pytest.approx(excess, abs=2.0)
+    assert abs(excess) > 8  # the student's own prefixes differ: not trivially zero
+
+
+def test_metrics_sharing_one_evaluation_keep_each_decoding_apart() -> None:
+    """The oracle metrics share their forward passes through `EvalInputs.shared`; a second
+    decoding's samples must be scored afresh, not served the first decoding's scores."""
+    P, Q = random_bigram(6, 1), random_bigram(6, 2, sharpness=1.0)
+    oracle, student = BigramOracle(P), TableModel(BigramOracle(Q))
+    sampled = inputs_for(oracle, student, n=500)
+    greedy = inputs_for(oracle, student, n=500, decoding=DecodingConfig(greedy=True))
+    alone = [values(exposure_bias_metric(i)) | values(oracle_quality_metric(i))
+             for i in (sampled, greedy)]  # fmt: skip
+    shared: dict = {}
+    together = []
+    for i in (sampled, greedy):
+        i = replace(i, shared=shared)
+        values(oracle_coverage_metric(i))
+        together.append(values(oracle_quality_metric(i)) | values(exposure_bias_metric(i)))
+    assert together == alone
+    assert alone[0]["nll_oracle"] != alone[1]["nll_oracle"]
+    assert len(shared) == 3  # the references once, each decoding's samples once
+
+
 def disjoint_mixture() -> MixtureOracle:
     """Two bigram components on disjoint tokens after the start: {1, 2, 3} and {4, 5, 6}."""
     tables = []

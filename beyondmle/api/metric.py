@@ -90,7 +90,11 @@ class EvalInputs:
     - reference: the reference policy a fine-tuned model started from (the MLE base);
       reward / gold: the proxy (learned) and true reward (n,) of continuations after prompts
       (gold None where the preference source has none); heldout_pairs: preference pairs the
-      reward model never saw (`PreferencePairs`).
+      reward model never saw (`PreferencePairs`);
+    - shared: a memo that lives as long as the evaluation of one trained model, so metrics
+      that need the same expensive intermediate (the oracle's and the model's log-probabilities
+      on the same sequences) compute it once (`shared_result`). Keys name everything the value
+      depends on besides the model, e.g. the decoding label.
     """
 
     settings: dict
@@ -110,6 +114,13 @@ class EvalInputs:
     reward: Any = None
     gold: Any = None
     heldout_pairs: Any = None
+    shared: dict = field(default_factory=dict)
+
+    def shared_result(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """`compute()`, once per key for the model under evaluation."""
+        if key not in self.shared:
+            self.shared[key] = compute()
+        return self.shared[key]
 
 
 @dataclass(frozen=True)

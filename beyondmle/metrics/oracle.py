@@ -28,6 +28,7 @@ need no special case.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,12 +48,6 @@ def _values(name: str, per_sequence: np.ndarray, inputs: EvalInputs) -> list[Met
     return [MetricValue(name, mean, replicates=replicates), MetricValue(f"{name}_se", se)]
 
 
-@torch.no_grad()
-def _model_log_probs(model, ids: torch.Tensor) -> torch.Tensor:
-    """The model's next-token log-probabilities (B, T, V) at temperature 1."""
-    return torch.log_softmax(model.logits(model.hidden_states(ids)).float(), dim=-1)
-
-
 def _decoded_log_probs(logits: torch.Tensor, decoding: DecodingConfig) -> torch.Tensor:
     """log q of the decoding's distribution (…, V): greedy puts all mass on the argmax."""
     flat = logits.reshape(-1, logits.size(-1)).float()
@@ -70,6 +65,72 @@ def _sequences(inputs: EvalInputs, with_samples: bool) -> torch.Tensor:
     return torch.cat([prompts, torch.tensor(tail)], dim=1)
 
 
+def _taken(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return log_probs.gather(-1, ids[..., None]).squeeze(-1).double()
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-token scores of one set of sequences (prompt + continuation), from one forward pass
+    of the oracle and one of the model over them. Each row is a sequence.
+
+    - oracle_lp / model_lp: log p(x_t | x_<t) of every token but the first, under the oracle
+      and under the model at temperature 1 (N, T - 1);
+    - step_kl: KL(oracle || model) of the next-token laws at each continuation position (N, m);
+    - decoded_lp: log q(x_t | x_<t) of the continuation under the decoding's own distribution
+      (N, m); only for the model's samples (None on references).
+    """
+
+    oracle_lp: torch.Tensor
+    model_lp: torch.Tensor
+    step_kl: torch.Tensor
+    decoded_lp: torch.Tensor | None
+
+
+@torch.no_grad()
+def _score(inputs: EvalInputs, seqs: torch.Tensor, decoding: DecodingConfig | None) -> Scores:
+    """The scores of `seqs`, in batches: the full-vocabulary laws (B, T, V) never outlive their
+    batch. The KL's terms are float32 (both laws are float32 log-softmaxes) summed in float64."""
+    k = len(inputs.prompts[0])
+    oracle_lp, model_lp, step_kl, decoded_lp = [], [], [], []
+    for i in range(0, len(seqs), BATCH):
+        part = seqs[i : i + BATCH]
+        context, targets = part[:, :-1], part[:, 1:]
+        p = inputs.oracle.next_log_probs(context).float()  # (B, T - 1, V)
+        logits = inputs.model.logits(inputs.model.hidden_states(context)).float()
+        q = torch.log_softmax(logits, dim=-1)
+        oracle_lp.append(_taken(p, targets))
+        model_lp.append(_taken(q, targets))
+        p_c, q_c = p[:, k - 1 :], q[:, k - 1 :]
+        step_kl.append((p_c.exp() * (p_c - q_c)).sum(dim=-1, dtype=torch.float64))
+        if decoding is not None:
+            decoded = _decoded_log_probs(logits[:, k - 1 :], decoding)
+            decoded_lp.append(_taken(decoded, targets[:, k - 1 :]))
+    return Scores(
+        torch.cat(oracle_lp),
+        torch.cat(model_lp),
+        torch.cat(step_kl),
+        torch.cat(decoded_lp) if decoding is not None else None,
+    )
+
+
+def _reference_scores(inputs: EvalInputs) -> Scores:
+    """Scores of the held-out oracle sequences: the same for every decoding, computed once."""
+    return inputs.shared_result(
+        ("oracle_scores", "references"),
+        lambda: _score(inputs, _sequences(inputs, with_samples=False), None),
+    )
+
+
+def _sample_scores(inputs: EvalInputs) -> Scores:
+    """Scores of the model's continuations at this decoding, shared by NLL-oracle, the reverse
+    KL and exposure bias."""
+    return inputs.shared_result(
+        ("oracle_scores", "samples", inputs.decoding.label),
+        lambda: _score(inputs, _sequences(inputs, with_samples=True), inputs.decoding),
+    )
+
+
 @register_metric(
     "oracle_quality",
     version="1",
@@ -84,25 +145,12 @@ def _sequences(inputs: EvalInputs, with_samples: bool) -> torch.Tensor:
     ],
 )
 def oracle_quality_metric(inputs: EvalInputs) -> list[MetricValue]:
-    with torch.no_grad():
-        return _oracle_quality(inputs)
-
-
-def _oracle_quality(inputs: EvalInputs) -> list[MetricValue]:
     k = len(inputs.prompts[0])
-    seqs = _sequences(inputs, with_samples=True)
-    nll, rkl = [], []
-    for i in range(0, len(seqs), BATCH):
-        part = seqs[i : i + BATCH]
-        oracle_lp = inputs.oracle.token_log_probs(part)[:, k - 1 :].double()  # continuation
-        logits = inputs.model.logits(inputs.model.hidden_states(part[:, :-1]))[:, k - 1 :]
-        q = _decoded_log_probs(logits, inputs.decoding)
-        q_taken = q.gather(-1, part[:, k:, None]).squeeze(-1).double()
-        nll.append(-oracle_lp.mean(dim=1))
-        rkl.append((q_taken - oracle_lp).mean(dim=1))
+    scores = _sample_scores(inputs)
+    oracle_lp = scores.oracle_lp[:, k - 1 :]  # the continuation's tokens
     return [
-        *_values("nll_oracle", torch.cat(nll).numpy(), inputs),
-        *_values("reverse_kl", torch.cat(rkl).numpy(), inputs),
+        *_values("nll_oracle", (-oracle_lp.mean(dim=1)).numpy(), inputs),
+        *_values("reverse_kl", (scores.decoded_lp - oracle_lp).mean(dim=1).numpy(), inputs),
     ]
 
 
@@ -122,32 +170,14 @@ def _oracle_quality(inputs: EvalInputs) -> list[MetricValue]:
     ],
 )
 def oracle_coverage_metric(inputs: EvalInputs) -> list[MetricValue]:
-    seqs = _sequences(inputs, with_samples=False)  # held-out oracle sequences
-    student, oracle = [], []
-    with torch.no_grad():
-        for i in range(0, len(seqs), BATCH):
-            part = seqs[i : i + BATCH]
-            lp = _model_log_probs(inputs.model, part[:, :-1])
-            student.append(-lp.gather(-1, part[:, 1:, None]).squeeze(-1).double().mean(dim=1))
-            oracle.append(-inputs.oracle.token_log_probs(part).double().mean(dim=1))
-    s, o = torch.cat(student).numpy(), torch.cat(oracle).numpy()
+    scores = _reference_scores(inputs)  # held-out oracle sequences, every token
+    s = (-scores.model_lp.mean(dim=1)).numpy()
+    o = (-scores.oracle_lp.mean(dim=1)).numpy()
     return [
         *_values("nll_test", s, inputs),
         *_values("oracle_entropy", o, inputs),
         *_values("forward_kl", s - o, inputs),
     ]
-
-
-def _stepwise_kl(inputs: EvalInputs, seqs: torch.Tensor, k: int) -> torch.Tensor:
-    """KL(oracle || model) of the next-token laws at each continuation position (N, m)."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(seqs), BATCH):
-            part = seqs[i : i + BATCH, :-1]
-            p = inputs.oracle.next_log_probs(part)[:, k - 1 :].double()
-            q = _model_log_probs(inputs.model, part)[:, k - 1 :].double()
-            out.append((p.exp() * (p - q)).sum(dim=-1))
-    return torch.cat(out)
 
 
 @register_metric(
@@ -168,14 +198,8 @@ def _stepwise_kl(inputs: EvalInputs, seqs: torch.Tensor, k: int) -> torch.Tensor
     ],
 )  # fmt: skip
 def exposure_bias_metric(inputs: EvalInputs) -> list[MetricValue]:
-    with torch.no_grad():
-        return _exposure_bias(inputs)
-
-
-def _exposure_bias(inputs: EvalInputs) -> list[MetricValue]:
-    k = len(inputs.prompts[0])
-    oracle_kl = _stepwise_kl(inputs, _sequences(inputs, with_samples=False), k)  # (N, m)
-    model_kl = _stepwise_kl(inputs, _sequences(inputs, with_samples=True), k)
+    oracle_kl = _reference_scores(inputs).step_kl  # (N, m) on the oracle's own prefixes
+    model_kl = _sample_scores(inputs).step_kl  # (N, m) on the model's prefixes
     m = oracle_kl.size(1)
     out = []
     for share in LENGTH_POINTS:
