@@ -221,7 +221,7 @@ class Compute:
         self.flops, self.forward_tokens, self.generated_tokens = 0.0, 0, 0
 
 
-def _backward_factor(module: nn.Module, x: torch.Tensor) -> int:
+def backward_factor(module: nn.Module, x: torch.Tensor) -> int:
     """2: weights and inputs get gradients; 1: only the inputs do; 0: no backward pass."""
     if not torch.is_grad_enabled():
         return 0
@@ -280,7 +280,7 @@ class GPT(nn.Module):
                 f"distributions must have the vocabulary ({self.config.vocab_size}) as their "
                 f"last dimension, got shape {tuple(x.shape)}"
             )
-        self._count_projection(x[..., 0].numel(), _backward_factor(self, x))
+        self._count_projection(x[..., 0].numel(), backward_factor(self, x))
         return x.to(self.wte.weight.dtype) @ self.wte.weight
 
     def hidden_states(
@@ -306,7 +306,7 @@ class GPT(nn.Module):
         B, T, C = x.shape
         keys = past + T  # the attention matrix is formed whole, then masked
         forward = self.config.n_layer * B * T * (24 * C * C + 4 * C * keys)
-        self.compute.flops += forward * (1 + _backward_factor(self, x))
+        self.compute.flops += forward * (1 + backward_factor(self, x))
         self.compute.forward_tokens += B * T
 
     def _count_projection(self, rows: int, backward: int) -> None:
@@ -316,7 +316,7 @@ class GPT(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits (..., V) of hidden states (..., C)."""
-        self._count_projection(hidden[..., 0].numel(), _backward_factor(self, hidden))
+        self._count_projection(hidden[..., 0].numel(), backward_factor(self, hidden))
         return self.lm_head(hidden)
 
     def next_token_loss(
@@ -326,7 +326,7 @@ class GPT(nn.Module):
         output projection (no logits tensor is formed); `ignore_index` targets are skipped."""
         if ignore_index != IGNORE:
             targets = targets.masked_fill(targets == ignore_index, IGNORE)
-        self._count_projection(int((targets != IGNORE).sum()), _backward_factor(self, hidden))
+        self._count_projection(int((targets != IGNORE).sum()), backward_factor(self, hidden))
         return linear_cross_entropy(
             hidden.reshape(-1, hidden.size(-1)), self.lm_head.weight, targets.reshape(-1)
         )

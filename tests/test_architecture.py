@@ -25,6 +25,7 @@ LEAF, CONTRACT, SCIENCE, MATRIX, CLI = range(5)
 LAYERS = {
     "beyondmle": LEAF,  # the package's __init__ holds nothing
     "beyondmle.model": LEAF,
+    "beyondmle.hf_model": LEAF,
     "beyondmle.tokenization": LEAF,
     "beyondmle.decoding": LEAF,
     "beyondmle.fused_loss": LEAF,

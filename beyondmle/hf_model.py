@@ -1,0 +1,197 @@
+"""Any Hugging Face `transformers` causal LM as the shared model.
+
+`HFCausalLM` wraps a `*ForCausalLM` model and implements the model interface
+(`beyondmle.api.CausalLM`), so every objective, metric and decoding runs on it unchanged:
+
+- hidden states come from the model's decoder (`base_model`), after its final norm;
+- `logits` applies the output embedding (`get_output_embeddings`) to chosen positions only;
+- `next_token_loss` fuses that projection with the cross-entropy (`beyondmle.fused_loss`);
+- soft inputs (distributions over the vocabulary) become their expected input embedding;
+- the KV cache is `transformers`' own `DynamicCache`, which the decoder fills in place and from
+  whose length it continues the positions.
+
+Models load from a local directory only (`local_files_only`), with `trust_remote_code` off: a
+benchmark never downloads, and never runs code that came with a checkpoint.
+
+Compute is counted as for the shared GPT (`beyondmle.model.Compute`): 2 FLOPs per weight and
+position forward for the decoder's non-embedding weights, 4·d·keys per layer and position for
+attention, 2·d·V per projected position, and a backward pass adding twice (weights train) or
+once (only inputs need gradients) its forward FLOPs (Kaplan et al. 2020, §2.1).
+
+Deviation: models whose logits are more than a linear map of the last hidden state (Gemma 2's
+final logit soft-capping, a bias on the output layer) are refused, since the fused loss and
+the chosen-position logits assume exactly that map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from beyondmle.fused_loss import IGNORE, linear_cross_entropy
+from beyondmle.model import Compute, ModelInfo, backward_factor
+
+
+class HFModelError(ValueError):
+    """A Hugging Face model directory or model that cannot serve as the shared model."""
+
+
+def _context_length(config: Any) -> int:
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise HFModelError(f"{type(config).__name__} names no context length")
+
+
+class HFCausalLM(nn.Module):
+    """A `transformers` causal LM behind the model interface (see the module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.hf = model
+        self.compute = Compute()
+        config = model.config
+        head = model.get_output_embeddings()
+        if head is None or not isinstance(head, nn.Linear):
+            raise HFModelError(f"{type(model).__name__} has no linear output layer")
+        if head.bias is not None:
+            raise HFModelError(f"{type(model).__name__}'s output layer has a bias")
+        if getattr(config, "final_logit_softcapping", None):
+            raise HFModelError(f"{type(model).__name__} soft-caps its logits")
+        self._info = ModelInfo(
+            vocab_size=head.out_features,
+            context_length=_context_length(config),
+            width=head.in_features,
+            heads=int(getattr(config, "num_attention_heads", getattr(config, "n_head", 1))),
+        )
+        embedding_weights = {id(p) for p in (head.weight, model.get_input_embeddings().weight)}
+        self._decoder_params = sum(
+            p.numel()
+            for name, p in self.decoder.named_parameters()
+            if id(p) not in embedding_weights and "wpe" not in name and "position" not in name
+        )
+        self._layers = int(getattr(config, "num_hidden_layers", getattr(config, "n_layer", 1)))
+
+    @classmethod
+    def from_directory(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> HFCausalLM:
+        """Load a model saved with `save_pretrained`, offline, without remote code."""
+        from transformers import AutoModelForCausalLM
+
+        path = Path(path)
+        weights = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.gguf")]
+        if not path.is_dir() or not (path / "config.json").exists() or not weights:
+            raise HFModelError(
+                f"{path}: expected a Hugging Face model directory (config.json and weights "
+                "in .safetensors or .bin)"
+            )
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, dtype=dtype
+        )
+        return cls(model)
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The model without its output layer: hidden states after the final norm."""
+        return self.hf.base_model
+
+    # The model interface (beyondmle.api.CausalLM).
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def token_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Input vectors (B, T, C) of ids (B, T), or the expected input embedding of
+        distributions over the vocabulary (B, T, V)."""
+        table = self.hf.get_input_embeddings()
+        if x.dtype in (torch.long, torch.int32, torch.int64):
+            return table(x)
+        if x.size(-1) != table.weight.size(0):
+            raise ValueError(
+                f"distributions must have the vocabulary ({table.weight.size(0)}) as their "
+                f"last dimension, got shape {tuple(x.shape)}"
+            )
+        self._count_projection(x[..., 0].numel(), backward_factor(self, x))
+        return x.to(table.weight.dtype) @ table.weight
+
+    def hidden_states(
+        self,
+        ids: torch.Tensor | None = None,
+        *,
+        embeddings: torch.Tensor | None = None,
+        cache: Any = None,
+    ) -> torch.Tensor:
+        """Final hidden states (B, T, C); positions continue after the cache, which is filled
+        with these T positions."""
+        if (ids is None) == (embeddings is None):
+            raise ValueError("give exactly one of ids and embeddings")
+        past = 0 if cache is None else cache.get_seq_length()
+        length = (ids if ids is not None else embeddings).size(1)
+        if past + length > self._info.context_length:
+            raise ValueError(
+                f"sequence of {past + length} tokens exceeds the model's context "
+                f"({self._info.context_length})"
+            )
+        out = self.decoder(
+            input_ids=ids,
+            inputs_embeds=embeddings,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        hidden = out.last_hidden_state
+        self._count_decoder(hidden, past)
+        return hidden
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (..., V) of hidden states (..., C)."""
+        self._count_projection(hidden[..., 0].numel(), backward_factor(self, hidden))
+        return self.hf.get_output_embeddings()(hidden)
+
+    def next_token_loss(
+        self, hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE
+    ) -> torch.Tensor:
+        """Mean cross-entropy of targets (...) under `logits(hidden)`, fused with the output
+        projection; `ignore_index` targets are skipped."""
+        if ignore_index != IGNORE:
+            targets = targets.masked_fill(targets == ignore_index, IGNORE)
+        self._count_projection(int((targets != IGNORE).sum()), backward_factor(self, hidden))
+        weight = self.hf.get_output_embeddings().weight
+        return linear_cross_entropy(
+            hidden.reshape(-1, hidden.size(-1)), weight, targets.reshape(-1)
+        )
+
+    def new_cache(self, batch_size: int, max_len: int) -> Any:
+        """An empty `transformers` KV cache (it grows as `step` fills it)."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.hf.config)
+
+    def step(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Append ids (B, t) to the cache; return their next-token logits (B, t, V)."""
+        if cache.get_seq_length():
+            self.compute.generated_tokens += ids.numel()
+        return self.logits(self.hidden_states(ids, cache=cache))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T, V) of token ids (B, T)."""
+        return self.logits(self.hidden_states(ids))
+
+    def save(self, path: str | Path) -> None:
+        """Save in Hugging Face format: the directory loads with `transformers` directly."""
+        self.hf.save_pretrained(Path(path))
+
+    # Compute accounting.
+
+    def _count_decoder(self, hidden: torch.Tensor, past: int) -> None:
+        B, T, C = hidden.shape
+        keys = past + T
+        forward = B * T * (2 * self._decoder_params + 4 * self._layers * C * keys)
+        self.compute.flops += forward * (1 + backward_factor(self, hidden))
+        self.compute.forward_tokens += B * T
+
+    def _count_projection(self, rows: int, backward: int) -> None:
+        self.compute.flops += 2 * rows * self._info.width * self._info.vocab_size * (1 + backward)
