@@ -184,3 +184,29 @@ def test_a_value_its_metric_does_not_declare_is_refused(ptb) -> None:
             ev.sample_metrics(DecodingConfig(greedy=True), [[1, 2]] * 6)
     finally:
         METRICS.remove("test_undeclared")
+
+
+class FitRecorder(LengthRecorder):
+    """A featurizer that learns from data: records what it was fitted on."""
+
+    fitted: list[list[str]] = []
+
+    def fit(self, texts) -> None:
+        FitRecorder.fitted.append(list(texts))
+
+
+register_featurizer("fit-recorder")(FitRecorder)
+
+
+def test_a_fitted_featurizer_learns_from_validation_text_not_the_compared_sides(
+    ptb, tmp_path
+) -> None:
+    ev = evaluator(ptb, featurizer="fit-recorder", metrics=["fed"], feature_cache=str(tmp_path))
+    samples = ev.generate(DecodingConfig(greedy=True), seed=0)
+    FitRecorder.fitted.clear()
+    ev.sample_metrics(DecodingConfig(greedy=True), samples)
+    (fitted,) = FitRecorder.fitted
+    valid = ptb.stream("valid")[8:16]  # the first validation window's continuation
+    assert fitted[0] == ptb.tokenizer.decode(valid)
+    test_side = {ptb.tokenizer.decode(r) for r in ev.references}
+    assert len(fitted) == 6 and not test_side & set(fitted)

