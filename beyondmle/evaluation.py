@@ -32,6 +32,7 @@ from beyondmle.api import (
 from beyondmle.data import prompt_continuation_pairs
 from beyondmle.decoding import DecodingConfig, generate
 from beyondmle.feature_cache import cached_encode
+from beyondmle.metrics.featurizers import DEFAULT_FEATURIZER
 from beyondmle.metrics.resampling import prompt_resamples
 from beyondmle.paths import atomic_write_text, default_cache_dir
 
@@ -109,6 +110,8 @@ class EvaluationConfig(Settings):
     Prompts are the first `num_samples` windows of the test split (`prompt_tokens` +
     `continuation_tokens` each); Self-BLEU uses a `self_bleu_samples` subset drawn with
     `sample_seed`; `rep_window` and `eval_stride` default to the model's context and half of it.
+    `featurizer` (for MAUVE and FED) defaults to the corpus's own (`Corpus.featurizer`), else
+    MiniLM.
     """
 
     prompt_tokens: int = setting(20, ge=1)
@@ -117,7 +120,7 @@ class EvaluationConfig(Settings):
     self_bleu_samples: int = setting(1000, ge=2)
     sample_seed: int = 0
     metrics: list[str] = setting(default_factory=lambda: list(DEFAULT_METRICS), min_len=1)
-    featurizer: str = "minilm"
+    featurizer: str | None = None
     mauve_seeds: list[int] = setting(default_factory=lambda: [0, 1, 2], min_len=1)
     mauve_scaling: float = setting(5.0, gt=0.0)
     rep_window: int = setting(128, ge=1)
@@ -132,7 +135,7 @@ class EvaluationConfig(Settings):
             for name in self.metrics
             if name not in METRICS
         ]
-        if self.featurizer not in FEATURIZERS:
+        if self.featurizer is not None and self.featurizer not in FEATURIZERS:
             expected = f"a registered featurizer ({', '.join(FEATURIZERS.names())})"
             problems.append(Problem("featurizer", expected, self.featurizer))
         return problems
@@ -180,8 +183,11 @@ class Evaluator:
         self.references = pairs.continuations.tolist()
         self.block_size = self.model.info.context_length
         tokenizer_hash = tokenizer_fingerprint(self.corpus.tokenizer)
+        self.featurizer = cfg.featurizer or self.corpus.featurizer or DEFAULT_FEATURIZER
         self.settings = {
             **asdict(cfg),
+            "featurizer": self.featurizer,
+            "diversity_units": self.corpus.diversity_units,
             "tokenizer": tokenizer_hash,
             "block_size": self.block_size,
             "reward_model": self.preferences.reward_id if self.preferences else None,
@@ -291,6 +297,9 @@ class Evaluator:
             bos=self.corpus.tokenizer.eos_id,
             shared=self.shared,
         )
+        if self.corpus.diversity_units == "characters":
+            decode = self.corpus.tokenizer.decode
+            inputs.units = [[ord(c) for c in decode(s) if not c.isspace()] for s in samples]
         if any("model" in m.needs or "oracle" in m.needs for m in metrics):
             inputs.model = self.model
             inputs.oracle = getattr(self.corpus, "oracle", None)
@@ -309,7 +318,7 @@ class Evaluator:
         for every decoding and cell. (Fitted on the test references themselves, their features
         would be in-sample and the samples' not: two halves of PTB's test text then scored
         MAUVE 0.925 against 0.966 with a fit on validation text.)"""
-        featurizer = _featurizer(self.config.featurizer)
+        featurizer = _featurizer(self.featurizer)
         if hasattr(featurizer, "fit"):
             cfg = self.config
             valid = prompt_continuation_pairs(
@@ -325,7 +334,7 @@ class Evaluator:
         first decoding and the first cell."""
         texts = [self.corpus.tokenizer.decode(t) for t in token_lists]
         cache = self.config.feature_cache or default_cache_dir() / "features"
-        return cached_encode(_featurizer(self.config.featurizer), texts, Path(cache))
+        return cached_encode(_featurizer(self.featurizer), texts, Path(cache))
 
 
 _FEATURIZERS: dict[str, object] = {}

@@ -182,7 +182,14 @@ class OracleCorpus(CorpusSource):
             split: [tokenizer.decode(row[1:].tolist()) for row in streams[split]]
             for split in SPLITS
         }
-        corpus = Corpus("oracle", tokenizer, documents, word_level=teacher_corpus.word_level)
+        corpus = Corpus(
+            "oracle",
+            tokenizer,
+            documents,
+            word_level=teacher_corpus.word_level,
+            language=teacher_corpus.language,
+            featurizer=teacher_corpus.featurizer,
+        )
         corpus._streams.update({split: streams[split].flatten().tolist() for split in SPLITS})
         corpus.oracle = oracle
         corpus.sequence_length = s.sequence_length
@@ -245,7 +252,14 @@ def component(s: OracleSettings, c: dict, teacher_corpus: Corpus, cache: Path) -
 def part_of(corpus: Corpus, index: int, count: int) -> Corpus:
     """The documents index, index + count, ... of every split: one part of a corpus."""
     documents = {split: docs[index::count] for split, docs in corpus.documents.items()}
-    return Corpus(f"{corpus.name}[{index}/{count}]", corpus.tokenizer, documents, corpus.word_level)
+    return Corpus(
+        f"{corpus.name}[{index}/{count}]",
+        corpus.tokenizer,
+        documents,
+        corpus.word_level,
+        language=corpus.language,
+        featurizer=corpus.featurizer,
+    )
 
 
 def teacher_config(s: OracleSettings, vocab: int, dropout: float | None = None) -> ModelConfig:

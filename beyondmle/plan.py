@@ -32,6 +32,7 @@ from beyondmle.console import RunConsole, captured_stderr
 from beyondmle.data import LanguageDataModule
 from beyondmle.decoding import DecodingConfig, generate
 from beyondmle.metrics.distributional import mauve
+from beyondmle.metrics.featurizers import DEFAULT_FEATURIZER
 from beyondmle.model import GPT, ModelConfig
 from beyondmle.precision import choose_precision, describe_cpu
 from beyondmle.reward import reward_model_from
@@ -136,8 +137,12 @@ def probe_evaluation(
     rows = generate(model, prompts, evaluation.continuation_tokens, DecodingConfig())
     seconds = (time.perf_counter() - start) * evaluation.num_samples / batch
     if {"mauve", "fed"} & set(evaluation.metrics):
-        featurizer = get_featurizer(evaluation.featurizer)
+        featurizer = get_featurizer(
+            evaluation.featurizer or corpus.featurizer or DEFAULT_FEATURIZER
+        )
         texts = [corpus.tokenizer.decode(r) for r in rows]
+        if hasattr(featurizer, "fit"):  # a real run fits on as many human texts
+            featurizer.fit(texts)
         featurizer.encode(texts[:2])  # load the model outside the timing
         start = time.perf_counter()
         featurizer.encode(texts)

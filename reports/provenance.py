@@ -341,6 +341,20 @@ def _fingerprints(ctx: Context) -> list:
     return blocks
 
 
+def _featurizers(ctx: Context) -> str:
+    """The featurizers the distributional metrics were computed with (from their fingerprints:
+    a score is only comparable with scores of the same featurizer)."""
+    f = ctx.results.fingerprints
+    if f.empty:
+        return "—"
+    names = set()
+    for settings in f.loc[f["metric"].isin(["mauve", "fed"]), "settings"]:
+        value = json.loads(settings) if isinstance(settings, str) else settings
+        if isinstance(value, dict) and value.get("featurizer"):
+            names.add(str(value["featurizer"]))
+    return ", ".join(sorted(names)) or "— (MAUVE and FED were not computed)"
+
+
 def overview_section(ctx: Context, generated_at: float) -> Section:
     c = ctx.results.cells
     status = c["status"].value_counts()
@@ -355,6 +369,7 @@ def overview_section(ctx: Context, generated_at: float) -> Section:
         + (f" (baseline: {ctx.baseline})" if ctx.baseline else " (no MLE baseline)"),
         f"Seeds: {', '.join(str(s) for s in seeds) or '—'}",
         f"Decodings: {', '.join(decodings) or '—'}",
+        f"Sentence features for MAUVE and FED: {_featurizers(ctx)}",
         "Headline decoding: "
         + (", ".join(f"{d or '—'} ({k})" for k, d in ctx.headline.items()) or "—"),
         f"Report generated: {fmt.timestamp(generated_at)}",

@@ -54,8 +54,12 @@ def cell_id(objective: str, seed: int) -> str:
     return f"{CORPUS}-{objective}-s{seed}".replace("[", "_").replace("]", "").replace("=", "")
 
 
+FEATURIZER = "char-tfidf"
+
+
 def _fingerprint(metric: str) -> FingerprintRow:
-    return FingerprintRow(f"fp-{metric}", metric, "1", {"samples": 200})
+    features = {"featurizer": FEATURIZER} if metric in ("mauve", "fed") else {}
+    return FingerprintRow(f"fp-{metric}", metric, "1", {"samples": 200, **features})
 
 
 def _decode_metrics(objective: str, seed: int, decoding: str, with_mauve: bool) -> list:

@@ -210,3 +210,32 @@ def test_a_fitted_featurizer_learns_from_validation_text_not_the_compared_sides(
     assert fitted[0] == ptb.tokenizer.decode(valid)
     test_side = {ptb.tokenizer.decode(r) for r in ev.references}
     assert len(fitted) == 6 and not test_side & set(fitted)
+
+
+def chinese_corpus(language: str):
+    from beyondmle.api import Corpus
+    from beyondmle.tokenization import WordTokenizer
+
+    words = ["今天", "天气", "很好", "明天", "很冷"]
+    docs = [" ".join(words[i % 5] for i in range(j, j + 12)) for j in range(20)]
+    split = {"train": docs, "valid": docs[:5], "test": docs[5:]}
+    return Corpus("zh-words", WordTokenizer(words), split, word_level=True, language=language)
+
+
+@pytest.mark.parametrize(
+    "language, expected",
+    [("zh", [5 / 8, 5 / 6]),  # characters 今天天气 / 很好很好: 5 of 8 unigrams, 5 of 6 bigrams
+     ("en", [3 / 4, 2 / 2])],  # words 今天 天气 / 很好 很好: 3 of 4 unigrams, 2 of 2 bigrams
+)  # fmt: skip
+def test_diversity_counts_characters_where_the_corpus_language_is_written_without_spaces(
+    language, expected
+) -> None:
+    corpus = chinese_corpus(language)
+    ev = evaluator(corpus, metrics=["distinct"], num_samples=2, self_bleu_samples=2)
+    ids = corpus.tokenizer.token_id
+    samples = [[ids("今天"), ids("天气")], [ids("很好"), ids("很好")]]
+    rows, fingerprints = ev.sample_metrics(DecodingConfig(greedy=True), samples)
+    got = {r.metric: r.value for r in rows}
+    assert [got["distinct_1"], got["distinct_2"]] == pytest.approx(expected)
+    units = "characters" if language == "zh" else "tokens"
+    assert fingerprints[0].settings["diversity_units"] == units

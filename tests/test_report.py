@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_fixture import FAILED_ERROR, MAUVE_WARNING, PLANTED, cell_id, make_results
+from report_fixture import (
+    FAILED_ERROR,
+    FEATURIZER,
+    MAUVE_WARNING,
+    PLANTED,
+    cell_id,
+    make_results,
+)
 
 from beyondmle.reports import build_report, stats
 from beyondmle.reports.analysis import choose_sweep, headline_decoding
@@ -236,6 +243,12 @@ def test_report_files_are_written(built) -> None:
         path = index.parent / png
         assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"gap.png", "frontier.png", "curves.png"} <= {p.name for p in index.parent.iterdir()}
+
+
+def test_the_overview_names_the_featurizer_of_mauve_and_fed(built) -> None:
+    _, html, markdown = built
+    assert f"Sentence features for MAUVE and FED: {FEATURIZER}" in markdown
+    assert f"Sentence features for MAUVE and FED: {FEATURIZER}" in html
 
 
 def test_generated_text_is_escaped(built) -> None:

@@ -26,8 +26,10 @@ from beyondmle.settings import Settings, SettingsError
 from beyondmle.tokenization import Tokenizer
 
 SPLITS = ("train", "valid", "test")
+CHARACTER_LANGUAGES = frozenset({"zh", "ja"})  # written without spaces between words
 
 __all__ = [
+    "CHARACTER_LANGUAGES",
     "CORPORA",
     "SPLITS",
     "Corpus",
@@ -48,12 +50,20 @@ class CorpusError(ValueError):
 @dataclass
 class Corpus:
     """Documents per split plus the tokenizer. A document is one line of PTB, or one
-    paragraph / line of a user's file; documents are joined with `<eos>` into token streams."""
+    paragraph / line of a user's file; documents are joined with `<eos>` into token streams.
+
+    `language` (an ISO 639-1 code) decides what the diversity metrics count: words or tokens,
+    or characters for languages written without spaces (`CHARACTER_LANGUAGES`), so the choice
+    is the corpus's, not the user's. `featurizer` is the sentence featurizer the distributional
+    metrics use unless the spec's `[evaluation]` names one (None: the suite's default, MiniLM,
+    an English model)."""
 
     name: str
     tokenizer: Tokenizer
     documents: dict[str, list[str]]
     word_level: bool
+    language: str = "en"
+    featurizer: str | None = None
     _streams: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def stream(self, split: str) -> list[int]:
@@ -70,6 +80,11 @@ class Corpus:
     def num_bytes(self, split: str) -> int:
         """UTF-8 bytes of the split as the model sees it: documents plus one newline each."""
         return sum(len(doc.encode("utf-8")) + 1 for doc in self.documents[split])
+
+    @property
+    def diversity_units(self) -> str:
+        """What distinct-n and Self-BLEU count: `characters` or `tokens`."""
+        return "characters" if self.language in CHARACTER_LANGUAGES else "tokens"
 
     def num_words(self, split: str) -> int:
         """Whitespace-separated words plus one `<eos>` per document (Mikolov's PTB convention)."""

@@ -80,7 +80,10 @@ class EvalInputs:
     """What the evaluation pass hands to metrics; only the fields a metric needs are filled.
 
     - model: the trained model (`beyondmle.api.CausalLM`); heldout: a `Corpus`;
-    - samples: generated continuations as token lists; references: the human continuations
+    - samples: generated continuations as token lists; units: the same continuations in the
+      units the corpus's diversity is counted in, where those are not its tokens (Unicode code
+      points of the characters, spaces dropped, for Chinese: `Corpus.diversity_units`), else
+      None; references: the human continuations
       (token lists, the same length as the samples), with `prompts` before them;
     - p_features / q_features: sentence features of the human and generated continuations;
     - resamples: counts (R, N) of each prompt in each of R prompt resamples, the same in every
@@ -104,6 +107,7 @@ class EvalInputs:
     prompts: list[list[int]] = field(default_factory=list)
     references: list[list[int]] = field(default_factory=list)
     samples: list[list[int]] = field(default_factory=list)
+    units: list[list[int]] | None = None
     p_features: Any = None
     q_features: Any = None
     resamples: Any = None
@@ -115,6 +119,11 @@ class EvalInputs:
     gold: Any = None
     heldout_pairs: Any = None
     shared: dict = field(default_factory=dict)
+
+    @property
+    def diversity_samples(self) -> list[list[int]]:
+        """The samples as the diversity metrics count them: `units` where given, else tokens."""
+        return self.units if self.units is not None else self.samples
 
     def shared_result(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """`compute()`, once per key for the model under evaluation."""

@@ -33,11 +33,11 @@ def _tuple(replicates) -> tuple[float, ...] | None:
     return None if replicates is None else tuple(float(x) for x in replicates)
 
 
-def _replicated(function, inputs: EvalInputs, *args) -> tuple[float, ...] | None:
+def _replicated(function, inputs: EvalInputs, samples, *args) -> tuple[float, ...] | None:
     """`function(samples, *args, resamples)` when replicates are asked for, else None."""
     if inputs.resamples is None:
         return None
-    return _tuple(function(inputs.samples, *args, inputs.resamples))
+    return _tuple(function(samples, *args, inputs.resamples))
 
 
 @register_metric(
@@ -129,15 +129,17 @@ def repetition_metric(inputs: EvalInputs) -> list[MetricValue]:
     version="1",
     needs={"samples"},
     per_decoding=True,
-    settings=SAMPLE_SETTINGS,
+    settings=(*SAMPLE_SETTINGS, "diversity_units"),
     outputs=[Output(f"distinct_{n}", f"distinct-{n}", higher_is_better=True) for n in range(1, 5)],
 )
 def distinct_metric(inputs: EvalInputs) -> list[MetricValue]:
+    """distinct-n (Li et al. 2016) in the corpus's diversity units: tokens, or characters for
+    languages written without spaces."""
     return [
         MetricValue(
             f"distinct_{n}",
-            distinct_n(inputs.samples, n),
-            replicates=_replicated(distinct_replicates, inputs, n),
+            distinct_n(inputs.diversity_samples, n),
+            replicates=_replicated(distinct_replicates, inputs, inputs.diversity_samples, n),
         )
         for n in range(1, 5)
     ]
@@ -148,20 +150,28 @@ def distinct_metric(inputs: EvalInputs) -> list[MetricValue]:
     version="1",
     needs={"samples"},
     per_decoding=True,
-    settings=("tokenizer", "self_bleu_samples", "sample_seed", "continuation_tokens"),
+    settings=(
+        "tokenizer",
+        "self_bleu_samples",
+        "sample_seed",
+        "continuation_tokens",
+        "diversity_units",
+    ),
     outputs=[Output("self_bleu_4", "Self-BLEU-4", higher_is_better=False)],
 )
 def self_bleu_metric(inputs: EvalInputs) -> list[MetricValue]:
     """Self-BLEU-4 on a fixed-size subset drawn with a fixed seed, so values compare across
-    cells whatever the number of generations."""
+    cells whatever the number of generations; in the corpus's diversity units (characters for
+    Chinese, as character-level BLEU is the usual choice there)."""
+    samples = inputs.diversity_samples
     k = inputs.settings["self_bleu_samples"]
-    chosen = list(range(len(inputs.samples)))
+    chosen = list(range(len(samples)))
     if len(chosen) > k:
         chosen = random.Random(inputs.settings["sample_seed"]).sample(chosen, k)
     warning = None
     if len(chosen) < k:
         warning = f"Self-BLEU-4 on {len(chosen)} samples, fewer than the {k} asked for"
-    value, per_sample = self_bleu([inputs.samples[i] for i in chosen], 4, per_sample=True)
+    value, per_sample = self_bleu([samples[i] for i in chosen], 4, per_sample=True)
     replicates = None
     if inputs.resamples is not None:  # each sample's leave-one-out BLEU, resampled
         replicates = mean_replicates(per_sample, inputs.resamples[:, chosen])
@@ -193,7 +203,7 @@ def seq_rep_metric(inputs: EvalInputs) -> list[MetricValue]:
     outputs=[Output("entropy_4", "entropy-4", higher_is_better=True)],
 )
 def entropy_metric(inputs: EvalInputs) -> list[MetricValue]:
-    replicates = _replicated(entropy_replicates, inputs, 4)
+    replicates = _replicated(entropy_replicates, inputs, inputs.samples, 4)
     return [MetricValue("entropy_4", ngram_entropy(inputs.samples, 4), replicates=replicates)]
 
 
@@ -210,7 +220,7 @@ def zipf_metric(inputs: EvalInputs) -> list[MetricValue]:
     degenerate greedy continuations can."""
     if len({token for sample in inputs.samples for token in sample}) < 2:
         return [MetricValue("zipf", None, "Zipf coefficient undefined: one distinct token")]
-    replicates = _replicated(zipf_replicates, inputs)
+    replicates = _replicated(zipf_replicates, inputs, inputs.samples)
     return [MetricValue("zipf", zipf_coefficient(inputs.samples), replicates=replicates)]
 
 
