@@ -81,6 +81,10 @@ class Corpus:
         """UTF-8 bytes of the split as the model sees it: documents plus one newline each."""
         return sum(len(doc.encode("utf-8")) + 1 for doc in self.documents[split])
 
+    def num_characters(self, split: str) -> int:
+        """Characters other than whitespace, plus one `<eos>` per document."""
+        return sum(sum(not c.isspace() for c in doc) + 1 for doc in self.documents[split])
+
     @property
     def diversity_units(self) -> str:
         """What distinct-n and Self-BLEU count: `characters` or `tokens`."""

@@ -5,10 +5,12 @@ functions."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
 
+from beyondmle.api.corpus import CHARACTER_LANGUAGES
 from beyondmle.api.metric import EvalInputs, MetricValue, Output, register_metric
 from beyondmle.metrics.distributional import fed, mauve
 from beyondmle.metrics.diversity import distinct_n, ngram_entropy, self_bleu, zipf_coefficient
@@ -51,27 +53,33 @@ def _replicated(function, inputs: EvalInputs, samples, *args) -> tuple[float, ..
         for kind, words, what in (
             ("ppl", "", "perplexity"),
             ("ppl_word", "word-level ", "perplexity"),
+            ("ppl_char", "character-level ", "perplexity"),
             ("bpb", "", "bits per byte"),
         )
         for split in ("test", "valid")
     ],
 )
 def perplexity_metric(inputs: EvalInputs) -> list[MetricValue]:
+    """Perplexity per token, and in units that compare across tokenizers: per word (Mikolov's
+    PTB convention; none for languages written without spaces, which have no words to count),
+    per character (spaces aside, one per `<eos>`) and bits per byte."""
     out = []
     corpus = inputs.heldout
+    spaced = corpus.language not in CHARACTER_LANGUAGES
     for split in ("valid", "test"):
         result = perplexity(
             inputs.model,
             corpus.stream(split),
             inputs.block_size,
             stride=inputs.settings["eval_stride"],
-            words=corpus.num_words(split),
+            words=corpus.num_words(split) if spaced else None,
             num_bytes=corpus.num_bytes(split),
             batch_size=LIKELIHOOD_BATCH,
         )
         out += [
             MetricValue(f"ppl_{split}", result.perplexity),
             MetricValue(f"ppl_word_{split}", result.perplexity_per_word),
+            MetricValue(f"ppl_char_{split}", math.exp(result.nll / corpus.num_characters(split))),
             MetricValue(f"bpb_{split}", result.bits_per_byte),
         ]
     return out
