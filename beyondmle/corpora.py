@@ -91,6 +91,8 @@ class TextFiles(CorpusSource):
         s: TextSettings = self.settings
         texts = [_read_utf8(Path(p)) for p in s.paths]
         docs = [doc for text in texts for doc in _split_documents(text)]
+        if not docs:
+            raise CorpusError(f"corpus 'text': the files {', '.join(s.paths)} hold no documents")
         documents, tokenizer = _split_and_tokenize("text", ", ".join(s.paths), docs, texts, s)
         return Corpus("text", tokenizer, documents, word_level=False)
 
@@ -102,7 +104,7 @@ def _split_and_tokenize(
     a byte-level BPE of `s.vocab_size` trained on the train split, cached by the texts and
     settings."""
     if not docs:
-        raise CorpusError(f"corpus {name!r}: {where} holds no documents")
+        raise CorpusError(f"corpus {name!r}: no documents in {where}")
     order = list(range(len(docs)))
     random.Random(s.split_seed).shuffle(order)
     n_valid = max(1, round(s.valid_fraction * len(docs)))
