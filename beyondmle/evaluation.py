@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from beyondmle.api import (
+    DEFAULT_FEATURIZER,
     FEATURIZERS,
     METRICS,
     CausalLM,
@@ -32,7 +33,6 @@ from beyondmle.api import (
 from beyondmle.data import prompt_continuation_pairs
 from beyondmle.decoding import DecodingConfig, generate
 from beyondmle.feature_cache import cached_encode
-from beyondmle.metrics.featurizers import DEFAULT_FEATURIZER
 from beyondmle.metrics.resampling import prompt_resamples
 from beyondmle.paths import atomic_write_text, default_cache_dir
 

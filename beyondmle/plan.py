@@ -26,13 +26,19 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from beyondmle.api import Corpus, PreferencePairs, Resources, get_featurizer, get_preference_source
+from beyondmle.api import (
+    DEFAULT_FEATURIZER,
+    Corpus,
+    PreferencePairs,
+    Resources,
+    get_featurizer,
+    get_preference_source,
+)
 from beyondmle.cells import Cell, expand, select_shard
 from beyondmle.console import RunConsole, captured_stderr
 from beyondmle.data import LanguageDataModule
 from beyondmle.decoding import DecodingConfig, generate
 from beyondmle.metrics.distributional import mauve
-from beyondmle.metrics.featurizers import DEFAULT_FEATURIZER
 from beyondmle.model import GPT, ModelConfig
 from beyondmle.precision import choose_precision, describe_cpu
 from beyondmle.reward import reward_model_from

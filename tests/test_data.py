@@ -291,7 +291,8 @@ def test_three_documents_are_enough_to_split(tmp_path):
 
 
 def test_unknown_corpus_is_reported():
-    with pytest.raises(CorpusError, match=r"unknown corpus 'wiki'; known: oracle, ptb, text"):
+    known = "oracle, peoples_daily, ptb, text"
+    with pytest.raises(CorpusError, match=rf"unknown corpus 'wiki'; known: {known}"):
         load_corpus("wiki")
 
 

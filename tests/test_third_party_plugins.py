@@ -506,7 +506,7 @@ BUILTIN = {
         "ppo",
         "dpo",
     },
-    "corpora": {"oracle", "ptb", "text"},
+    "corpora": {"oracle", "peoples_daily", "ptb", "text"},
     "metrics": {
         "perplexity",
         "continuation",

