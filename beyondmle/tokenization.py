@@ -1,4 +1,5 @@
-"""Tokenizers: PTB's fixed word vocabulary, and a byte-level BPE for the user's own text.
+"""Tokenizers: PTB's fixed word vocabulary, a byte-level BPE for the user's own text, and a
+pretrained model's own tokenizer.
 
 Both reserve the same special tokens, so every objective works on every corpus:
 `<eos>` ends a document (it stands for the newline between documents when text is decoded),
@@ -159,10 +160,125 @@ class BPETokenizer(Tokenizer):
         return json.dumps({"kind": self.kind, "tokenizer": self.hf.to_str()})
 
 
+class PretrainedTokenizer(Tokenizer):
+    """A pretrained model's own tokenizer (its `tokenizer.json`, a Hugging Face `tokenizers`
+    file), so a corpus re-tokenized with it is scored as the model was trained to read it.
+
+    Its end-of-sequence token (from `tokenizer_config.json`'s `eos_token`, else `config.json`'s
+    `eos_token_id`) separates documents. Where the tokenizer has no mask, separator or padding
+    token, `<mask>`, `<sep>` and `<pad>` are added as special tokens (the model's embedding
+    grows to match; their rows are new), so every objective works on every model. Documents are
+    encoded without the tokenizer's own additions (a Llama BOS): the stream adds `<eos>` only.
+    """
+
+    kind = "pretrained"
+
+    def __init__(self, hf: HFTokenizer, eos: str, roles: dict[str, str]) -> None:
+        self.hf = hf
+        self.hf.encode_special_tokens = True  # text that spells a special token is text
+        self.eos = eos
+        self.roles = dict(roles)  # mask / sep / pad -> token string
+        missing = [t for t in (eos, *self.roles.values()) if hf.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"the tokenizer has no token {missing[0]!r}")
+
+    @classmethod
+    def from_directory(cls, path) -> PretrainedTokenizer:
+        """The tokenizer of a model directory (`tokenizer.json`, `tokenizer_config.json`,
+        `config.json`); raises ValueError naming the file when there is no usable EOS."""
+        from pathlib import Path
+
+        path = Path(path)
+        file = path / "tokenizer.json"
+        if not file.is_file():
+            raise ValueError(f"{file}: a model directory needs its tokenizer as tokenizer.json")
+        hf = HFTokenizer.from_file(str(file))
+        settings = _json_or_empty(path / "tokenizer_config.json")
+        eos = _token_text(settings.get("eos_token"))
+        if eos is None:
+            eos_id = _json_or_empty(path / "config.json").get("eos_token_id")
+            eos_id = eos_id[0] if isinstance(eos_id, list) and eos_id else eos_id
+            eos = hf.id_to_token(eos_id) if isinstance(eos_id, int) else None
+        if eos is None or hf.token_to_id(eos) is None:
+            raise ValueError(
+                f"{path}: the tokenizer has no end-of-sequence token (tokenizer_config.json "
+                "'eos_token' or config.json 'eos_token_id'); documents need one between them"
+            )
+        roles = {}
+        for role, default in (("mask", MASK), ("sep", SEP), ("pad", PAD)):
+            token = _token_text(settings.get(f"{role}_token"))
+            if token is None or hf.token_to_id(token) is None:
+                token = default
+                hf.add_special_tokens([token])
+            roles[role] = token
+        return cls(hf, eos, roles)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, token: str) -> int:
+        i = self.hf.token_to_id(token)
+        if i is None:
+            raise KeyError(token)
+        return i
+
+    @property
+    def eos_id(self) -> int:
+        return self.token_id(self.eos)
+
+    @property
+    def special(self) -> SpecialTokens:
+        return SpecialTokens(
+            eos=self.eos_id,
+            mask=self.token_id(self.roles["mask"]),
+            sep=self.token_id(self.roles["sep"]),
+            pad=self.token_id(self.roles["pad"]),
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        eos = self.eos_id
+        pieces, run = [], []
+        for i in ids:
+            if i == eos:
+                pieces.append(self.hf.decode(run, skip_special_tokens=False) + "\n")
+                run = []
+            else:
+                run.append(i)
+        pieces.append(self.hf.decode(run, skip_special_tokens=False))
+        return "".join(pieces)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"kind": self.kind, "tokenizer": self.hf.to_str(), "eos": self.eos, "roles": self.roles}
+        )
+
+
+def _json_or_empty(path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _token_text(value) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
 def tokenizer_from_json(text: str) -> Tokenizer:
     data = json.loads(text)
     if data["kind"] == WordTokenizer.kind:
         return WordTokenizer(data["words"], data["unk"])
     if data["kind"] == BPETokenizer.kind:
         return BPETokenizer(HFTokenizer.from_str(data["tokenizer"]))
+    if data["kind"] == PretrainedTokenizer.kind:
+        hf = HFTokenizer.from_str(data["tokenizer"])
+        return PretrainedTokenizer(hf, data["eos"], data["roles"])
     raise ValueError(f"unknown tokenizer kind {data['kind']!r}")

@@ -140,3 +140,51 @@ def test_compute_counts_about_six_flops_per_weight_and_trained_token(model) -> N
     lower = 6 * tokens * (weights + head)  # Kaplan et al.'s C = 6N per token, attention aside
     assert lower <= model.compute.flops <= 1.5 * lower
     assert model.compute.forward_tokens == tokens
+
+
+def save_tokenizer(path: Path, eos: str | None = "<|endoftext|>") -> None:
+    """A byte-level BPE trained here (nothing downloaded), saved as transformers saves one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )  # fmt: skip
+    bpe.train_from_iterator(["the cat sat on the mat", "a dog ran in the park"], trainer=trainer)
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos).save_pretrained(path)
+
+
+def test_a_pretrained_tokenizer_adds_the_missing_special_tokens_and_round_trips(
+    tmp_path: Path,
+) -> None:
+    from beyondmle.tokenization import PretrainedTokenizer, tokenizer_from_json
+
+    save_tokenizer(tmp_path)
+    tok = PretrainedTokenizer.from_directory(tmp_path)
+    base = tok.hf.get_vocab_size(with_added_tokens=False)
+    special = tok.special
+    assert special.eos == tok.hf.token_to_id("<|endoftext|>") < base
+    assert sorted([special.mask, special.sep, special.pad]) == [base, base + 1, base + 2]
+    assert tok.vocab_size == base + 3
+    text = "the cat ran <mask> in the park"  # text that spells a special token stays text
+    ids = tok.encode(text)
+    assert special.mask not in ids and tok.decode(ids) == text
+    assert (
+        tok.decode([*tok.encode("a dog"), special.eos, *tok.encode("the mat")]) == "a dog\nthe mat"
+    )
+    again = tokenizer_from_json(tok.to_json())
+    assert again.encode(text) == ids and again.special == special
+
+
+def test_a_tokenizer_without_an_eos_token_is_refused_naming_the_directory(tmp_path: Path) -> None:
+    from beyondmle.tokenization import PretrainedTokenizer
+
+    save_tokenizer(tmp_path, eos=None)
+    with pytest.raises(ValueError, match=f"{tmp_path}: the tokenizer has no end-of-sequence"):
+        PretrainedTokenizer.from_directory(tmp_path)
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        PretrainedTokenizer.from_directory(tmp_path / "elsewhere")
