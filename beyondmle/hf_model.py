@@ -32,16 +32,59 @@ import torch
 from torch import nn
 
 from beyondmle.fused_loss import IGNORE, linear_cross_entropy
-from beyondmle.model import Compute, ModelInfo, backward_factor
+from beyondmle.model import GPT, Compute, ModelConfig, ModelInfo, backward_factor
 
 
 class HFModelError(ValueError):
     """A Hugging Face model directory or model that cannot serve as the shared model."""
 
 
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+
+
+def directory_problems(config: ModelConfig) -> list[str]:
+    """What a `[model] hf` directory lacks, each as what was expected (empty: usable), checked
+    from its files alone, before anything loads or trains."""
+    import json
+
+    path = Path(config.hf)
+    if not path.is_dir():
+        return ["a local Hugging Face model directory (it does not exist)"]
+    if not (path / "config.json").is_file():
+        return [f"a model directory with config.json ({path} has none)"]
+    if not any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
+        return [f"a model directory with weights (.safetensors or .bin; {path} has none)"]
+    try:
+        context = _context_length(json.loads((path / "config.json").read_text()))
+    except (ValueError, HFModelError) as error:
+        return [f"a readable config.json ({error})"]
+    problems = []
+    if context < config.block_size:
+        problems.append(f"a model whose context ({context}) holds block_size = {config.block_size}")
+    from beyondmle.tokenization import PretrainedTokenizer
+
+    try:
+        PretrainedTokenizer.from_directory(path)
+    except ValueError as error:
+        problems.append(f"a usable tokenizer ({error})")
+    return problems
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The shared model of a `[model]` table: the GPT of `beyondmle.model`, or the Hugging Face
+    model in `config.hf`, its embeddings grown to `config.vocab_size` where the tokenizer added
+    tokens (`beyondmle.tokenization.PretrainedTokenizer`)."""
+    if config.hf is None:
+        return GPT(config)
+    model = HFCausalLM.from_directory(config.hf)
+    if config.vocab_size > model.info.vocab_size:
+        model.resize_vocabulary(config.vocab_size)
+    return model
+
+
 def _context_length(config: Any) -> int:
     for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, name, None)
+        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
         if isinstance(value, int) and value > 0:
             return value
     raise HFModelError(f"{type(config).__name__} names no context length")
@@ -62,12 +105,7 @@ class HFCausalLM(nn.Module):
             raise HFModelError(f"{type(model).__name__}'s output layer has a bias")
         if getattr(config, "final_logit_softcapping", None):
             raise HFModelError(f"{type(model).__name__} soft-caps its logits")
-        self._info = ModelInfo(
-            vocab_size=head.out_features,
-            context_length=_context_length(config),
-            width=head.in_features,
-            heads=int(getattr(config, "num_attention_heads", getattr(config, "n_head", 1))),
-        )
+        self._info = self._read_info()
         embedding_weights = {id(p) for p in (head.weight, model.get_input_embeddings().weight)}
         self._decoder_params = sum(
             p.numel()
@@ -76,13 +114,29 @@ class HFCausalLM(nn.Module):
         )
         self._layers = int(getattr(config, "num_hidden_layers", getattr(config, "n_layer", 1)))
 
+    def _read_info(self) -> ModelInfo:
+        config, head = self.hf.config, self.hf.get_output_embeddings()
+        return ModelInfo(
+            vocab_size=head.out_features,
+            context_length=_context_length(config),
+            width=head.in_features,
+            heads=int(getattr(config, "num_attention_heads", getattr(config, "n_head", 1))),
+        )
+
+    def resize_vocabulary(self, vocab_size: int) -> None:
+        """Grow the input and output embeddings to `vocab_size` rows (tokens the tokenizer
+        added; `transformers` initialises the new rows from the old rows' mean and
+        covariance)."""
+        self.hf.resize_token_embeddings(vocab_size, mean_resizing=True)
+        self._info = self._read_info()
+
     @classmethod
     def from_directory(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> HFCausalLM:
         """Load a model saved with `save_pretrained`, offline, without remote code."""
         from transformers import AutoModelForCausalLM
 
         path = Path(path)
-        weights = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.gguf")]
+        weights = [w for pattern in WEIGHT_PATTERNS for w in path.glob(pattern)]
         if not path.is_dir() or not (path / "config.json").exists() or not weights:
             raise HFModelError(
                 f"{path}: expected a Hugging Face model directory (config.json and weights "

@@ -35,7 +35,12 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class ModelConfig(Settings):
-    """Size of the shared model; the spec's `[model]` table maps onto these fields."""
+    """Size of the shared model; the spec's `[model]` table maps onto these fields.
+
+    `hf` names a local Hugging Face model directory instead (`beyondmle.hf_model`): that model
+    is trained, with its own tokenizer, and of the fields here only `block_size` (the training
+    and evaluation window, at most the model's context) applies; its shape and dropout are its
+    own config's."""
 
     vocab_size: int = setting(10_000, ge=1)
     block_size: int = setting(128, ge=1)
@@ -44,12 +49,17 @@ class ModelConfig(Settings):
     n_embd: int = setting(256, ge=1)
     dropout: float = setting(0.1, ge=0.0, lt=1.0)
     bias: bool = True
+    hf: str | None = None
 
     @property
     def info(self) -> ModelInfo:
         return ModelInfo(self.vocab_size, self.block_size, self.n_embd, self.n_head)
 
     def cross_checks(self) -> list[Problem]:
+        if self.hf is not None:
+            from beyondmle.hf_model import directory_problems
+
+            return [Problem("hf", expected, self.hf) for expected in directory_problems(self)]
         if self.n_embd % self.n_head:
             return [Problem("n_embd", f"divisible by n_head={self.n_head}", self.n_embd)]
         return []

@@ -38,8 +38,9 @@ from beyondmle.cells import Cell, expand, select_shard
 from beyondmle.console import RunConsole, captured_stderr
 from beyondmle.data import LanguageDataModule
 from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.hf_model import build_model
 from beyondmle.metrics.distributional import mauve
-from beyondmle.model import GPT, ModelConfig
+from beyondmle.model import ModelConfig
 from beyondmle.precision import choose_precision, describe_cpu
 from beyondmle.reward import reward_model_from
 from beyondmle.runner import corpus_key, load_corpora
@@ -84,7 +85,7 @@ class _StepTimer(Callback):
 
 def stand_in_resources(model_config: ModelConfig, spec: Spec) -> Resources:
     """A reference, a reward model and pairs of the real sizes, for timing only."""
-    reference = GPT(model_config).eval().requires_grad_(False)
+    reference = build_model(model_config).eval().requires_grad_(False)
     reward = reward_model_from(reference).eval().requires_grad_(False)
     e = spec.evaluation
     n = 256
@@ -136,7 +137,7 @@ def probe_evaluation(
 ) -> float:
     """Seconds to generate, featurize and score one decoding's continuations."""
     evaluation = spec.evaluation
-    model = GPT(ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)).eval()
+    model = build_model(ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)).eval()
     batch = min(evaluation.batch_size, evaluation.num_samples)
     prompts = torch.randint(4, model.config.vocab_size, (batch, evaluation.prompt_tokens))
     start = time.perf_counter()
@@ -247,7 +248,7 @@ def reward_plan(
     probe = probes[key]
     positions = 2 * settings.pairs * width * settings.reward_epochs
     step_positions = cell.training.tokens_per_step(model_config.block_size)
-    model = GPT(model_config).eval()
+    model = build_model(model_config).eval()
     prompts = torch.randint(4, model_config.vocab_size, (64, e.prompt_tokens))
     start = time.perf_counter()
     generate(model, prompts, e.continuation_tokens, DecodingConfig())

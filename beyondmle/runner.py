@@ -59,6 +59,7 @@ from beyondmle.reward import (
     train_reward_model,
 )
 from beyondmle.spec import CorpusSpec, Spec
+from beyondmle.tokenization import PretrainedTokenizer
 from beyondmle.training import ObjectiveModule, Probe, ProgressLog, build_trainer, load_model
 
 PACKAGES = (
@@ -112,11 +113,13 @@ def git_commit() -> str | None:
 def load_corpora(spec: Spec) -> dict[str, Corpus]:
     """Load and check every corpus before anything trains: bad input fails the whole run."""
     corpora = {}
-    block = ModelConfig(**spec.model).block_size
+    model = ModelConfig(**spec.model)
     window = spec.evaluation.prompt_tokens + spec.evaluation.continuation_tokens
     for cs in spec.corpora:
         corpus = load_corpus(cs.name, **cs.settings)
-        check_corpus_fits(corpus, block, window)
+        if model.hf is not None:  # a pretrained model reads the text with its own tokenizer
+            corpus = corpus.retokenized(PretrainedTokenizer.from_directory(model.hf))
+        check_corpus_fits(corpus, model.block_size, window)
         corpora[corpus_key(cs)] = corpus
     return corpora
 

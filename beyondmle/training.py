@@ -26,6 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from beyondmle.api import (
+    CausalLM,
     ObjectiveDiverged,
     Optimizers,
     Problem,
@@ -38,7 +39,8 @@ from beyondmle.api import (
 )
 from beyondmle.data import derive_seed
 from beyondmle.decoding import DecodingConfig, generate
-from beyondmle.model import GPT, Compute, ModelConfig
+from beyondmle.hf_model import build_model
+from beyondmle.model import Compute, ModelConfig
 from beyondmle.precision import choose_precision
 from beyondmle.rl import continuation_log_probs, kl_k3
 from beyondmle.tokenization import Tokenizer, tokenizer_from_json
@@ -153,7 +155,7 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> 
 
 
 class ObjectiveModule(L.LightningModule):
-    """The shared GPT trained under one objective. The model is `self.model`; the objective and
+    """The shared model trained under one objective. The model is `self.model`; the objective and
     any modules it owns (a discriminator, a reward model) are `self.objective`."""
 
     def __init__(
@@ -174,7 +176,7 @@ class ObjectiveModule(L.LightningModule):
         self.save_hyperparameters(ignore=["tokenizer_json", "resources", "probe"])
         self.model_config = ModelConfig(**model_config)
         self.training_config = TrainingConfig(**training)
-        self.model = GPT(self.model_config)
+        self.model = build_model(self.model_config)
         cls = get_objective(objective)
         settings = cls.Settings(**objective_settings)
         special_tokens = SpecialTokens(**special)
@@ -578,13 +580,13 @@ def build_trainer(
     )
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> tuple[GPT, Tokenizer, dict]:
+def load_model(path: str | Path, map_location: str = "cpu") -> tuple[CausalLM, Tokenizer, dict]:
     """The shared model, its tokenizer and the checkpoint's hyperparameters, from a checkpoint
     written by training. The objective's own modules are not needed to generate, so they are
     dropped."""
     ckpt = safe_load(path, map_location)
     hparams = ckpt["hyper_parameters"]
-    model = GPT(ModelConfig(**hparams["model_config"]))
+    model = build_model(ModelConfig(**hparams["model_config"]))
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)

@@ -59,7 +59,7 @@ metrics = ["perplexity", "continuation", "repetition", "distinct", "self_bleu", 
 
 METRIC_NAMES = {
     "": {
-        *(f"{m}_{s}" for m in ("ppl", "ppl_word", "bpb") for s in ("valid", "test")),
+        *(f"{m}_{s}" for m in ("ppl", "ppl_word", "ppl_char", "bpb") for s in ("valid", "test")),
         "nll_continuation",
         "rep",
         "wrep",
@@ -167,8 +167,8 @@ def test_cli_list_prints_every_objective_and_corpus(capsys):
     out = capsys.readouterr().out
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
     assert set(available_objectives()) <= listed
-    assert set(available_corpora()) == {"oracle", "ptb", "text"}
-    assert {"oracle", "ptb", "text"} <= listed
+    assert set(available_corpora()) == {"oracle", "peoples_daily", "ptb", "text"}
+    assert {"oracle", "peoples_daily", "ptb", "text"} <= listed
     assert out.index("objectives:") < out.index("corpora:") < out.index("metrics:")
 
 

@@ -77,6 +77,11 @@ class Corpus:
             self._streams[split] = tokens
         return self._streams[split]
 
+    def retokenized(self, tokenizer: Tokenizer) -> Corpus:
+        """The same documents read by another tokenizer (a pretrained model's own), so the model
+        is trained and scored on text as it was trained to read it."""
+        return dataclasses.replace(self, tokenizer=tokenizer, _streams={})
+
     def num_bytes(self, split: str) -> int:
         """UTF-8 bytes of the split as the model sees it: documents plus one newline each."""
         return sum(len(doc.encode("utf-8")) + 1 for doc in self.documents[split])
