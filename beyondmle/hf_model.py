@@ -249,3 +249,18 @@ class HFCausalLM(nn.Module):
 
     def _count_projection(self, rows: int, backward: int) -> None:
         self.compute.flops += 2 * rows * self._info.width * self._info.vocab_size * (1 + backward)
+
+
+def export_hugging_face(model: HFCausalLM, tokenizer: Any, directory: str | Path) -> None:
+    """A trained model in Hugging Face format, with its tokenizer (`tokenizer.json`, the added
+    special tokens included), written whole or not at all: `from_pretrained(directory)` loads
+    it in `transformers` directly."""
+    import shutil
+
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    tokenizer.hf.save(str(tmp / "tokenizer.json"))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)

@@ -47,6 +47,7 @@ from beyondmle.evaluation import (
     sample_file_name,
     tokenizer_fingerprint,
 )
+from beyondmle.hf_model import HFCausalLM, export_hugging_face
 from beyondmle.model import ModelConfig
 from beyondmle.paths import atomic_write_text
 from beyondmle.precision import choose_precision, describe_cpu
@@ -429,7 +430,9 @@ def run_cell(
             train_seconds=train_seconds,
             compute=compute,
         )
-    model, _, _ = load_model(cell_dir / "model.ckpt")
+    model, tokenizer, _ = load_model(cell_dir / "model.ckpt")
+    if isinstance(model, HFCausalLM) and not (cell_dir / "hf" / "config.json").exists():
+        export_hugging_face(model, tokenizer, cell_dir / "hf")  # loads in transformers as is
     evaluator = Evaluator(
         model, corpus, spec.evaluation, _preference_inputs(cell, spec, corpus, out_dir)
     )

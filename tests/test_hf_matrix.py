@@ -1,0 +1,155 @@
+"""A Hugging Face model as the shared model in a real matrix: tiny, randomly initialised GPT-2
+and Llama models with their own tokenizer, saved to disk here (nothing is downloaded), train a
+few steps under every from-scratch objective, are scored with every metric, generate, and reload
+from their checkpoints; bad `[model] hf` input is refused before anything trains."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+from test_hf_model import save_tokenizer, tiny_gpt2, tiny_llama
+from tiny import write_tiny_corpus
+from transformers import AutoModelForCausalLM
+
+from beyondmle.cells import expand
+from beyondmle.decoding import DecodingConfig, generate
+from beyondmle.hf_model import HFCausalLM
+from beyondmle.runner import run_spec
+from beyondmle.spec import SpecError, parse_spec
+from beyondmle.tokenization import PretrainedTokenizer
+from beyondmle.training import load_model
+
+SPEC = """
+[benchmark]
+name = "hf-{kind}"
+seeds = [0]
+
+[[corpus]]
+name = "text"
+paths = ["{corpus}"]
+vocab_size = 300
+
+[model]
+hf = "{model}"
+block_size = {block}
+
+[training]
+budget_tokens = 1_536
+batch_size = 4
+lr = 1e-3
+val_every_steps = 6
+checkpoint_every_steps = 6
+
+[[objective]]
+name = "mle"
+
+[[objective]]
+name = "scheduled_sampling"
+
+[[objective]]
+name = "adversarial"
+sample_length = 8
+collapse_patience = 1000
+
+[[objective]]
+name = "denoising"
+
+[[objective]]
+name = "unlikelihood"
+prefix_len = 8
+continuation_len = 8
+
+[decoding]
+greedy = true
+top_p = [0.9]
+
+[evaluation]
+prompt_tokens = 8
+continuation_tokens = 8
+num_samples = 12
+self_bleu_samples = 12
+batch_size = 12
+metrics = ["perplexity", "distinct", "self_bleu", "seq_rep", "mauve"]
+featurizer = "char-tfidf"
+"""
+
+
+def save_model(kind: str, path: Path) -> Path:
+    """A tiny random model of `kind` with a tokenizer trained here, as `save_pretrained` saves."""
+    save_tokenizer(path)
+    vocab = PretrainedTokenizer.from_directory(path).hf.get_vocab_size(with_added_tokens=False)
+    torch.manual_seed(0)
+    model = {"gpt2": tiny_gpt2, "llama": tiny_llama}[kind]()
+    model.resize_token_embeddings(vocab)
+    model.config.eos_token_id = model.config.bos_token_id = 0
+    model.save_pretrained(path)
+    return path
+
+
+def write_spec(tmp: Path, kind: str, block: int = 32, model: Path | None = None) -> Path:
+    model = model or save_model(kind, tmp / f"{kind}-model")
+    corpus = write_tiny_corpus(tmp)
+    spec = tmp / "spec.toml"
+    spec.write_text(SPEC.format(kind=kind, corpus=corpus, model=model, block=block))
+    return spec
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def hf_run(request, tmp_path_factory) -> tuple[Path, list, Path]:
+    tmp = tmp_path_factory.mktemp(request.param)
+    spec = parse_spec(write_spec(tmp, request.param))
+    out = tmp / "out"
+    summary = run_spec(spec, out)
+    assert not summary.failed, summary.failed
+    return out, expand(spec), tmp / f"{request.param}-model"
+
+
+@pytest.mark.slow
+def test_every_objective_trains_a_hugging_face_model_and_is_scored(hf_run) -> None:
+    out, cells, _ = hf_run
+    with sqlite3.connect(out / "results.sqlite") as db:
+        status = dict(db.execute("SELECT id, status FROM cells"))
+        rows = db.execute("SELECT objective, decoding, metric, value FROM metrics").fetchall()
+    assert set(status.values()) == {"done"} and status.keys() == {c.id for c in cells}
+    metrics = {(o, d, m): v for o, d, m, v in rows}
+    for cell in cells:
+        label = cell.objective.label
+        assert math.isfinite(metrics[(label, "", "ppl_test")]), label
+        assert math.isfinite(metrics[(label, "", "bpb_test")]), label
+        for decoding in ("greedy", "top_p=0.9"):
+            for name in ("mauve", "distinct_4", "self_bleu_4", "seq_rep_4"):
+                assert math.isfinite(metrics[(label, decoding, name)]), (label, decoding, name)
+
+
+@pytest.mark.slow
+def test_a_trained_hugging_face_model_reloads_and_generates(hf_run) -> None:
+    out, cells, model_dir = hf_run
+    for cell in cells:
+        model, tokenizer, _ = load_model(out / "cells" / cell.id / "model.ckpt")
+        assert isinstance(model, HFCausalLM)
+        assert tokenizer.encode("w1 w2") == PretrainedTokenizer.from_directory(model_dir).encode(
+            "w1 w2"
+        )
+        prompts = torch.tensor([tokenizer.encode("w1 w2 w3")])
+        (row,) = generate(model, prompts, 5, DecodingConfig(greedy=True))
+        assert len(row) == 5
+        exported = AutoModelForCausalLM.from_pretrained(out / "cells" / cell.id / "hf")
+        with torch.no_grad():
+            torch.testing.assert_close(exported(prompts).logits, model(prompts))
+
+
+def test_a_model_directory_without_weights_is_refused_before_training(tmp_path: Path) -> None:
+    empty = tmp_path / "no-weights"
+    save_tokenizer(empty)
+    tiny_gpt2().config.save_pretrained(empty)
+    with pytest.raises(SpecError, match=r"model\.hf.*weights"):
+        parse_spec(write_spec(tmp_path, "gpt2", model=empty))
+
+
+def test_a_context_shorter_than_the_window_is_refused_before_training(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"model\.hf.*context \(48\) holds block_size = 64"):
+        parse_spec(write_spec(tmp_path, "gpt2", block=64))
