@@ -166,8 +166,9 @@ class PretrainedTokenizer(Tokenizer):
 
     Its end-of-sequence token (from `tokenizer_config.json`'s `eos_token`, else `config.json`'s
     `eos_token_id`) separates documents. Where the tokenizer has no mask, separator or padding
-    token, `<mask>`, `<sep>` and `<pad>` are added as special tokens (the model's embedding
-    grows to match; their rows are new), so every objective works on every model. Documents are
+    token of its own, distinct from its EOS and from each other (many pad with their EOS),
+    `<mask>`, `<sep>` and `<pad>` are added as special tokens (the model's embedding grows to
+    match; their rows are new), so every objective works on every model. Documents are
     encoded without the tokenizer's own additions (a Llama BOS): the stream adds `<eos>` only.
     """
 
@@ -204,10 +205,11 @@ class PretrainedTokenizer(Tokenizer):
                 f"{path}: the tokenizer has no end-of-sequence token (tokenizer_config.json "
                 "'eos_token' or config.json 'eos_token_id'); documents need one between them"
             )
-        roles = {}
+        roles: dict[str, str] = {}
         for role, default in (("mask", MASK), ("sep", SEP), ("pad", PAD)):
             token = _token_text(settings.get(f"{role}_token"))
-            if token is None or hf.token_to_id(token) is None:
+            taken = {eos, *roles.values()}  # a pad that is also the EOS would hide every EOS
+            if token is None or hf.token_to_id(token) is None or token in taken:
                 token = default
                 hf.add_special_tokens([token])
             roles[role] = token

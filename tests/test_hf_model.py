@@ -5,6 +5,7 @@ Hugging Face directory they save."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,14 @@ def test_a_tokenizer_without_an_eos_token_is_refused_naming_the_directory(tmp_pa
         PretrainedTokenizer.from_directory(tmp_path)
     with pytest.raises(ValueError, match="tokenizer.json"):
         PretrainedTokenizer.from_directory(tmp_path / "elsewhere")
+
+
+def test_a_pad_token_that_is_the_eos_gets_a_token_of_its_own(tmp_path: Path) -> None:
+    from beyondmle.tokenization import PretrainedTokenizer
+
+    save_tokenizer(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["pad_token"] = config["eos_token"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    special = PretrainedTokenizer.from_directory(tmp_path).special
+    assert len({special.eos, special.mask, special.sep, special.pad}) == 4
