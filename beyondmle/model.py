@@ -37,10 +37,11 @@ class ModelInfo:
 class ModelConfig(Settings):
     """Size of the shared model; the spec's `[model]` table maps onto these fields.
 
-    `hf` names a local Hugging Face model directory instead (`beyondmle.hf_model`): that model
-    is trained, with its own tokenizer, and of the fields here only `block_size` (the training
-    and evaluation window, at most the model's context) applies; its shape and dropout are its
-    own config's."""
+    `hf` names a local Hugging Face model directory instead (`beyondmle.hf_model`), or `gguf` a
+    GGUF file (a path, or `package/file` inside an installed package), dequantized once into
+    such a directory: that model is trained, with its own tokenizer, and of the fields here only
+    `block_size` (the training and evaluation window, at most the model's context) applies; its
+    shape and dropout are its own config's."""
 
     vocab_size: int = setting(10_000, ge=1)
     block_size: int = setting(128, ge=1)
@@ -50,12 +51,19 @@ class ModelConfig(Settings):
     dropout: float = setting(0.1, ge=0.0, lt=1.0)
     bias: bool = True
     hf: str | None = None
+    gguf: str | None = None
 
     @property
     def info(self) -> ModelInfo:
         return ModelInfo(self.vocab_size, self.block_size, self.n_embd, self.n_head)
 
     def cross_checks(self) -> list[Problem]:
+        if self.hf is not None and self.gguf is not None:
+            return [Problem("gguf", "either hf or gguf, not both", self.gguf)]
+        if self.gguf is not None:
+            from beyondmle.hf_model import gguf_problems
+
+            return [Problem("gguf", expected, self.gguf) for expected in gguf_problems(self.gguf)]
         if self.hf is not None:
             from beyondmle.hf_model import directory_problems
 

@@ -47,7 +47,7 @@ from beyondmle.evaluation import (
     sample_file_name,
     tokenizer_fingerprint,
 )
-from beyondmle.hf_model import HFCausalLM, export_hugging_face
+from beyondmle.hf_model import HFCausalLM, export_hugging_face, model_directory
 from beyondmle.model import ModelConfig
 from beyondmle.paths import atomic_write_text
 from beyondmle.precision import choose_precision, describe_cpu
@@ -118,8 +118,9 @@ def load_corpora(spec: Spec) -> dict[str, Corpus]:
     window = spec.evaluation.prompt_tokens + spec.evaluation.continuation_tokens
     for cs in spec.corpora:
         corpus = load_corpus(cs.name, **cs.settings)
-        if model.hf is not None:  # a pretrained model reads the text with its own tokenizer
-            corpus = corpus.retokenized(PretrainedTokenizer.from_directory(model.hf))
+        directory = model_directory(model)
+        if directory is not None:  # a pretrained model reads the text with its own tokenizer
+            corpus = corpus.retokenized(PretrainedTokenizer.from_directory(directory))
         check_corpus_fits(corpus, model.block_size, window)
         corpora[corpus_key(cs)] = corpus
     return corpora

@@ -254,8 +254,8 @@ def test_wrong_types_name_the_key_and_the_expected_type(tmp_path, old, new, key,
 def test_unknown_key_in_model_is_reported(tmp_path):
     path, lines = spec_error(tmp_path, MINIMAL.replace("n_layer = 1", "n_layers = 1"))
     assert lines == [
-        f"{path}: model.n_layers: expected a known key (bias, block_size, dropout, n_embd, "
-        "n_head, n_layer), got 'n_layers'"
+        f"{path}: model.n_layers: expected a known key (bias, block_size, dropout, gguf, hf, "
+        "n_embd, n_head, n_layer), got 'n_layers'"
     ]
 
 
@@ -330,7 +330,8 @@ def test_unknown_corpus_and_corpus_settings_are_reported(tmp_path):
     path, lines = spec_error(tmp_path, text)
     assert lines == [
         f"{path}: corpus[0].vocab_size: expected a known key (none), got 'vocab_size'",
-        f"{path}: corpus[1].name: expected a corpus name, one of oracle, ptb, text, got 'c4'",
+        f"{path}: corpus[1].name: expected a corpus name, one of "
+        "oracle, peoples_daily, ptb, text, got 'c4'",
     ]
 
 
