@@ -153,18 +153,31 @@ class OracleCorpus(CorpusSource):
     @classmethod
     def check_with(cls, settings: OracleSettings, evaluation, model: dict) -> list[Problem]:
         """The evaluation's windows must be the oracle's sequences, or prompts and
-        continuations would straddle two sequences drawn independently."""
+        continuations would straddle two sequences drawn independently; and the student must
+        read the oracle's tokens, since the oracle's probabilities are over its vocabulary (a
+        pretrained model brings a tokenizer of its own)."""
+        problems = []
         window = evaluation.prompt_tokens + evaluation.continuation_tokens
         if window != settings.sequence_length:
-            return [
+            problems.append(
                 Problem(
                     "sequence_length",
                     f"evaluation.prompt_tokens + continuation_tokens = {window}, so that every "
                     "evaluation window is one oracle sequence",
                     settings.sequence_length,
                 )
-            ]
-        return []
+            )
+        pretrained = model.get("hf") or model.get("gguf")
+        if pretrained:
+            problems.append(
+                Problem(
+                    "name",
+                    "a corpus a pretrained model can read: the oracle's probabilities are over "
+                    f"its own vocabulary, not the tokenizer of model {pretrained!r}",
+                    "oracle",
+                )
+            )
+        return problems
 
     def load(self) -> Corpus:
         s: OracleSettings = self.settings

@@ -153,3 +153,13 @@ def test_a_model_directory_without_weights_is_refused_before_training(tmp_path: 
 def test_a_context_shorter_than_the_window_is_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"model\.hf.*context \(48\) holds block_size = 64"):
         parse_spec(write_spec(tmp_path, "gpt2", block=64))
+
+
+def test_a_pretrained_model_cannot_learn_an_oracle_corpus(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "gpt2")
+    oracle = '[[corpus]]\nname = "oracle"\nsequence_length = 16\n'
+    text = spec.read_text()
+    text = text[: text.index("[[corpus]]")] + oracle + text[text.index("[model]") :]
+    spec.write_text(text)
+    with pytest.raises(SpecError, match=r"corpus\[0\]\.name: expected a corpus a pretrained"):
+        parse_spec(spec)
