@@ -254,3 +254,77 @@ class CharTfidfFeaturizer:
             norms = np.linalg.norm(reduced, axis=1, keepdims=True)
             out[:, : reduced.shape[1]] = reduced / np.maximum(norms, 1e-12)
         return out
+
+
+@register_featurizer("causal-lm")
+class CausalLMFeaturizer:
+    """Hidden states of any causal LM as sentence features, as Pillutla et al. 2021 (§4) used
+    GPT-2 large's: the final hidden state (after the last norm) at the last token, or its mean
+    over the text's tokens (`pooling = "mean"`). The model is a local Hugging Face directory or
+    a GGUF file, read through the suite's adapter (`beyondmle.hf_model`) with its own tokenizer,
+    so a model in another language gives features in that language.
+
+    Texts are right-padded into batches; a causal model's states at real positions never see
+    the padding after them, so batching does not change a text's features.
+    """
+
+    version = "1"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        gguf: str | None = None,
+        pooling: str = "last",
+        max_length: int = 512,
+        batch_size: int = 16,
+    ) -> None:
+        if (model is None) == (gguf is None):
+            raise ValueError("causal-lm: give exactly one of model (a directory) and gguf")
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"causal-lm: pooling is 'last' or 'mean', got {pooling!r}")
+        self.model, self.gguf, self.pooling = model, gguf, pooling
+        self.max_length, self.batch_size = max_length, batch_size
+        self.output_options = {
+            "model": model or f"gguf:{gguf}",
+            "pooling": pooling,
+            "max_length": max_length,
+        }
+        self._lm: Any = None
+        self._tokenizer: Any = None
+        self.dim = self._load()[0].info.width
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._lm is None:
+            from beyondmle.hf_model import HFCausalLM, from_gguf
+            from beyondmle.tokenization import PretrainedTokenizer
+
+            directory = Path(self.model) if self.model is not None else from_gguf(self.gguf)
+            self._lm = HFCausalLM.from_directory(directory).eval()
+            self._tokenizer = PretrainedTokenizer.from_directory(directory)
+        return self._lm, self._tokenizer
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """float32 features (len(texts), width); a text must tokenize to at least one token."""
+        if not texts:
+            return _empty_features(self.dim)
+        lm, tokenizer = self._load()
+        limit = min(self.max_length, lm.info.context_length)
+        ids = [tokenizer.encode(text)[:limit] for text in texts]
+        empty = [i for i, row in enumerate(ids) if not row]
+        if empty:
+            raise ValueError(f"texts at positions {empty[:10]} tokenize to nothing")
+        out = []
+        for start in range(0, len(ids), self.batch_size):
+            rows = ids[start : start + self.batch_size]
+            lengths = torch.tensor([len(r) for r in rows])
+            batch = torch.full((len(rows), int(lengths.max())), tokenizer.eos_id)
+            for i, row in enumerate(rows):
+                batch[i, : len(row)] = torch.tensor(row)
+            hidden = lm.hidden_states(batch).float()  # (B, T, C)
+            if self.pooling == "last":
+                out.append(hidden[torch.arange(len(rows)), lengths - 1])
+            else:
+                mask = torch.arange(batch.size(1))[None, :] < lengths[:, None]
+                out.append((hidden * mask[..., None]).sum(1) / lengths[:, None])
+        return torch.cat(out).numpy().astype(np.float32)
