@@ -65,12 +65,17 @@ class CountingProbe:
         return MatmulProbe(fp32=100.0, bf16=400.0)
 
 
-def test_the_probe_is_measured_once_per_machine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    counter = CountingProbe()
-    monkeypatch.setattr(precision, "measure_matmul", counter)
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+@pytest.fixture
+def counter(monkeypatch: pytest.MonkeyPatch) -> CountingProbe:
+    """The timed matmul replaced by a counter, with no kernel cap set."""
+    counting = CountingProbe()
+    monkeypatch.setattr(precision, "measure_matmul", counting)
+    for name in precision.KERNEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return counting
+
+
+def test_the_probe_is_measured_once_per_machine(tmp_path: Path, counter: CountingProbe) -> None:
     flags = {"avx512_bf16"}
     first = cached_probe(tmp_path, flags)
     second = cached_probe(tmp_path, flags)
@@ -79,11 +84,8 @@ def test_the_probe_is_measured_once_per_machine(
 
 
 def test_a_kernel_cap_or_other_flags_measure_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, counter: CountingProbe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    counter = CountingProbe()
-    monkeypatch.setattr(precision, "measure_matmul", counter)
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     cached_probe(tmp_path, {"avx512_bf16"})
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
     cached_probe(tmp_path, {"avx512_bf16"})
@@ -91,11 +93,7 @@ def test_a_kernel_cap_or_other_flags_measure_again(
     assert counter.calls == 3
 
 
-def test_a_damaged_probe_cache_is_measured_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    counter = CountingProbe()
-    monkeypatch.setattr(precision, "measure_matmul", counter)
+def test_a_damaged_probe_cache_is_measured_again(tmp_path: Path, counter: CountingProbe) -> None:
     cached_probe(tmp_path, {"avx512_bf16"})
     (cache_file,) = (tmp_path / "probes").iterdir()
     cache_file.write_text("{not json")
