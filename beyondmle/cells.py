@@ -22,6 +22,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from beyondmle.api import get_objective
+from beyondmle.hf_model import pretrained_fingerprint
 from beyondmle.model import ModelConfig
 from beyondmle.spec import CorpusSpec, ObjectiveVariant, Spec
 from beyondmle.training import TrainingConfig
@@ -51,15 +52,17 @@ class Cell:
     @property
     def config(self) -> dict:
         """Everything that determines the trained model, with every default filled in."""
+        model = ModelConfig(**self.model)
         config = {
             "corpus": {"name": self.corpus.name, **self.corpus.settings},
-            "model": {
-                k: v for k, v in asdict(ModelConfig(**self.model)).items() if k != "vocab_size"
-            },
+            "model": {k: v for k, v in asdict(model).items() if k != "vocab_size"},
             "training": asdict(self.training),
             "objective": {"name": self.objective.name, "settings": self.objective.settings},
             "seed": self.seed,
         }
+        pretrained = pretrained_fingerprint(model)
+        if pretrained is not None:  # the same path holding other weights is another model
+            config["model"]["files"] = pretrained
         if self.role != "train":
             config["role"] = self.role
         if self.base is not None:

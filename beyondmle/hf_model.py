@@ -119,6 +119,22 @@ def from_gguf(spec: str, cache_dir: Path | None = None) -> Path:
     return out
 
 
+def pretrained_fingerprint(config: ModelConfig) -> str | None:
+    """A short hash of the files a `[model] hf` or `gguf` setting names (names, sizes and
+    modification times, read without loading anything), so a cell's id changes when the model
+    at the same path changes; None for the shared GPT."""
+    import hashlib
+
+    if config.gguf is not None:
+        files = [gguf_file(config.gguf)]
+    elif config.hf is not None:
+        files = sorted(p for p in Path(config.hf).iterdir() if p.is_file())
+    else:
+        return None
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
+
+
 def model_directory(config: ModelConfig) -> Path | None:
     """The Hugging Face directory `[model]` names (`hf`, or `gguf` converted and then checked
     as an `hf` directory is), else None."""

@@ -163,3 +163,14 @@ def test_a_pretrained_model_cannot_learn_an_oracle_corpus(tmp_path: Path) -> Non
     spec.write_text(text)
     with pytest.raises(SpecError, match=r"corpus\[0\]\.name: expected a corpus a pretrained"):
         parse_spec(spec)
+
+
+def test_other_weights_at_the_same_path_make_other_cells(tmp_path: Path) -> None:
+    import os
+
+    spec_path = write_spec(tmp_path, "gpt2")
+    before = [cell.id for cell in expand(parse_spec(spec_path))]
+    (weights,) = (tmp_path / "gpt2-model").glob("*.safetensors")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    after = [cell.id for cell in expand(parse_spec(spec_path))]
+    assert len(before) == len(after) == 5 and not set(before) & set(after)
