@@ -185,11 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from beyondmle.evaluation import EvaluationConfig, Evaluator
     from beyondmle.training import load_model
 
-    path = Path(args.target)
-    checkpoint = path / "model.ckpt" if path.is_dir() else path
-    if not checkpoint.exists():
-        raise SystemExit(f"error: {checkpoint} does not exist (give a checkpoint or a cell dir)")
-    model, _, hparams = load_model(checkpoint)
+    spec = None
     if args.spec:
         from beyondmle.spec import parse_spec
 
@@ -200,8 +196,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             num_samples=args.num_samples, metrics=args.metrics or EvaluationConfig().metrics
         )
         decodings = [_decoding(args)]
-    corpus_settings = dict(hparams.get("corpus") or {"name": "ptb"})
-    corpus = load_corpus(corpus_settings.pop("name"), **corpus_settings)
+    path = Path(args.target)
+    pretrained = _pretrained_directory(args.target)
+    if pretrained is not None:  # a pretrained model as it is, before any training here
+        from beyondmle.hf_model import HFCausalLM
+        from beyondmle.tokenization import PretrainedTokenizer
+
+        model = HFCausalLM.from_directory(pretrained)
+        first = spec.corpora[0] if spec else None
+        corpus_settings = {"name": first.name, **first.settings} if first else {"name": "ptb"}
+        corpus = load_corpus(corpus_settings.pop("name"), **corpus_settings)
+        corpus = corpus.retokenized(PretrainedTokenizer.from_directory(pretrained))
+    else:
+        checkpoint = path / "model.ckpt" if path.is_dir() else path
+        if not checkpoint.exists():
+            raise SystemExit(
+                f"error: {checkpoint} does not exist (give a checkpoint, a cell directory, a "
+                "Hugging Face model directory or a GGUF file)"
+            )
+        model, _, hparams = load_model(checkpoint)
+        corpus_settings = dict(hparams.get("corpus") or {"name": "ptb"})
+        corpus = load_corpus(corpus_settings.pop("name"), **corpus_settings)
     evaluator = Evaluator(model, corpus, evaluation)
     rows, _ = evaluator.model_metrics()
     for decoding in decodings:
@@ -225,6 +240,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             value = "undefined" if r["value"] is None else f"{r['value']:.4f}"
             print(f"{r['decoding'] or '-':24s} {r['metric']:18s} {value}{note}")
     return 0
+
+
+def _pretrained_directory(target: str) -> Path | None:
+    """The Hugging Face directory of an `evaluate` target that is a pretrained model (a
+    directory with config.json and no model.ckpt, or a GGUF file), else None."""
+    from beyondmle.hf_model import from_gguf
+
+    path = Path(target)
+    if target.endswith(".gguf"):
+        return from_gguf(target)
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "model.ckpt").exists():
+        return path
+    return None
 
 
 def cmd_new_objective(args: argparse.Namespace) -> int:
@@ -308,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="compute the metrics of a checkpoint or a cell dir")
-    p.add_argument("target", help="a model checkpoint, or a cell directory holding model.ckpt")
+    p.add_argument(
+        "target",
+        help="a model checkpoint, a cell directory holding model.ckpt, or a pretrained model "
+        "as it is (a Hugging Face directory or a GGUF file), on the spec's first corpus",
+    )
     p.add_argument("--spec", help="take evaluation settings and decodings from this spec")
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--metrics", nargs="*", help="metric groups (default: all)")

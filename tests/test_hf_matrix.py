@@ -174,3 +174,15 @@ def test_other_weights_at_the_same_path_make_other_cells(tmp_path: Path) -> None
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     after = [cell.id for cell in expand(parse_spec(spec_path))]
     assert len(before) == len(after) == 5 and not set(before) & set(after)
+
+
+def test_evaluate_scores_a_pretrained_model_as_it_is(tmp_path: Path, capsys) -> None:
+    from beyondmle.cli import main
+
+    spec = write_spec(tmp_path, "llama")
+    assert main(["evaluate", str(tmp_path / "llama-model"), "--spec", str(spec), "--json"]) == 0
+    import json
+
+    rows = {(r["decoding"], r["metric"]): r["value"] for r in json.loads(capsys.readouterr().out)}
+    assert math.isfinite(rows[("", "ppl_test")]) and math.isfinite(rows[("", "bpb_test")])
+    assert ("greedy", "distinct_4") in rows and ("top_p=0.9", "mauve") in rows
