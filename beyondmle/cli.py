@@ -200,9 +200,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pretrained = _pretrained_directory(args.target)
     if pretrained is not None:  # a pretrained model as it is, before any training here
         from beyondmle.hf_model import HFCausalLM
+        from beyondmle.model import ModelConfig
         from beyondmle.tokenization import PretrainedTokenizer
 
-        model = HFCausalLM.from_directory(pretrained)
+        window = ModelConfig(**spec.model).block_size if spec else None
+        model = HFCausalLM.from_directory(pretrained, window=window)
         first = spec.corpora[0] if spec else None
         corpus_settings = {"name": first.name, **first.settings} if first else {"name": "ptb"}
         corpus = load_corpus(corpus_settings.pop("name"), **corpus_settings)
@@ -214,9 +216,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"error: {checkpoint} does not exist (give a checkpoint, a cell directory, a "
                 "Hugging Face model directory or a GGUF file)"
             )
-        model, _, hparams = load_model(checkpoint)
+        model, tokenizer, hparams = load_model(checkpoint)
         corpus_settings = dict(hparams.get("corpus") or {"name": "ptb"})
         corpus = load_corpus(corpus_settings.pop("name"), **corpus_settings)
+        if tokenizer.to_json() != corpus.tokenizer.to_json():  # a pretrained model's own
+            corpus = corpus.retokenized(tokenizer)
     evaluator = Evaluator(model, corpus, evaluation)
     rows, _ = evaluator.model_metrics()
     for decoding in decodings:

@@ -182,7 +182,7 @@ def build_model(config: ModelConfig) -> nn.Module:
     directory = model_directory(config)
     if directory is None:
         return GPT(config)
-    model = HFCausalLM.from_directory(directory)
+    model = HFCausalLM.from_directory(directory, window=config.block_size)
     if config.vocab_size > model.info.vocab_size:
         model.resize_vocabulary(config.vocab_size)
     return model
@@ -199,9 +199,13 @@ def _context_length(config: Any) -> int:
 class HFCausalLM(nn.Module):
     """A `transformers` causal LM behind the model interface (see the module docstring)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, window: int | None = None) -> None:
+        """`window`: the context the suite uses (`[model] block_size`), at most the model's
+        own; `info.context_length` is that window, so training, perplexity and decoding use the
+        spec's context, not a pretrained model's full one."""
         super().__init__()
         self.hf = model
+        self.window = window
         self.compute = Compute()
         config = model.config
         head = model.get_output_embeddings()
@@ -224,7 +228,7 @@ class HFCausalLM(nn.Module):
         config, head = self.hf.config, self.hf.get_output_embeddings()
         return ModelInfo(
             vocab_size=head.out_features,
-            context_length=_context_length(config),
+            context_length=min(_context_length(config), self.window or 1 << 62),
             width=head.in_features,
             heads=int(getattr(config, "num_attention_heads", getattr(config, "n_head", 1))),
         )
@@ -237,7 +241,9 @@ class HFCausalLM(nn.Module):
         self._info = self._read_info()
 
     @classmethod
-    def from_directory(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> HFCausalLM:
+    def from_directory(
+        cls, path: str | Path, dtype: torch.dtype = torch.float32, window: int | None = None
+    ) -> HFCausalLM:
         """Load a model saved with `save_pretrained`, offline, without remote code."""
         from transformers import AutoModelForCausalLM
 
@@ -251,7 +257,7 @@ class HFCausalLM(nn.Module):
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, trust_remote_code=False, dtype=dtype
         )
-        return cls(model)
+        return cls(model, window)
 
     @property
     def decoder(self) -> nn.Module:

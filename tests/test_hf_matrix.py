@@ -150,6 +150,12 @@ def test_a_model_directory_without_weights_is_refused_before_training(tmp_path: 
         parse_spec(write_spec(tmp_path, "gpt2", model=empty))
 
 
+def test_the_models_window_is_the_specs_block_size(hf_run) -> None:
+    out, cells, _ = hf_run
+    model, _, _ = load_model(out / "cells" / cells[0].id / "model.ckpt")
+    assert model.info.context_length == 32 < model.hf.config.max_position_embeddings
+
+
 def test_a_context_shorter_than_the_window_is_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"model\.hf.*context \(48\) holds block_size = 64"):
         parse_spec(write_spec(tmp_path, "gpt2", block=64))
@@ -186,3 +192,21 @@ def test_evaluate_scores_a_pretrained_model_as_it_is(tmp_path: Path, capsys) -> 
     rows = {(r["decoding"], r["metric"]): r["value"] for r in json.loads(capsys.readouterr().out)}
     assert math.isfinite(rows[("", "ppl_test")]) and math.isfinite(rows[("", "bpb_test")])
     assert ("greedy", "distinct_4") in rows and ("top_p=0.9", "mauve") in rows
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_trained_cell_from_its_checkpoint(hf_run, capsys) -> None:
+    import json
+
+    from beyondmle.cli import main
+
+    out, cells, _ = hf_run
+    cell_dir = out / "cells" / cells[0].id
+    args = ["evaluate", str(cell_dir), "--json", "--spec", str(out.parent / "spec.toml")]
+    assert main(args) == 0
+    rows = {r["metric"]: r["value"] for r in json.loads(capsys.readouterr().out)}
+    with sqlite3.connect(out / "results.sqlite") as db:
+        (stored,) = db.execute(
+            "SELECT value FROM metrics WHERE cell_id = ? AND metric = 'ppl_test'", (cells[0].id,)
+        ).fetchone()
+    assert rows["ppl_test"] == pytest.approx(stored, rel=1e-6)
