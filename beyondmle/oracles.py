@@ -117,20 +117,26 @@ class MixtureOracle(Oracle):
         self.context_length = min(c.context_length for c in components)
 
     def _prefix_log_likelihoods(self, ids: torch.Tensor) -> tuple[list, torch.Tensor]:
-        """Each component's next-token log-probs (B, T, V) and log p_k(x_<=t) (K, B, T)."""
-        per = [c.next_log_probs(ids).double() for c in self.components]
+        """Each component's next-token log-probs (B, T, V), float32, and log p_k(x_<=t)
+        (K, B, T), summed in float64 (the sums run over whole sequences)."""
+        per = [c.next_log_probs(ids).float() for c in self.components]
         cums = []
         for lp in per:
-            taken = lp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T - 1)
+            taken = lp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1).double()  # (B, T - 1)
             cums.append(F.pad(taken.cumsum(dim=1), (1, 0)))  # log p_k(x_1..x_t | x_0)
         return per, torch.stack(cums)
 
     def next_log_probs(self, ids: torch.Tensor) -> torch.Tensor:
+        """The mixture's law (B, T, V), accumulated one component at a time in float32 (a
+        stacked float64 (K, B, T, V) tensor made the mixture oracle's evaluation several times
+        slower than its components' forward passes)."""
         per, cums = self._prefix_log_likelihoods(ids)
         log_post = self.weights.log()[:, None, None] + cums  # (K, B, T)
-        log_post = log_post - torch.logsumexp(log_post, dim=0, keepdim=True)
-        stacked = torch.stack(per)  # (K, B, T, V)
-        return torch.logsumexp(log_post[..., None] + stacked, dim=0).float()
+        log_post = (log_post - torch.logsumexp(log_post, dim=0, keepdim=True)).float()
+        out = per[0] + log_post[0][..., None]
+        for lp, post in zip(per[1:], log_post[1:], strict=True):
+            torch.logaddexp(out, lp + post[..., None], out=out)
+        return out
 
     def posteriors(self, ids: torch.Tensor) -> torch.Tensor:
         """p(k | x) (B, K) of whole sequences (the first token is the shared start)."""
