@@ -55,7 +55,12 @@ class Cell:
         model = ModelConfig(**self.model)
         config = {
             "corpus": {"name": self.corpus.name, **self.corpus.settings},
-            "model": {k: v for k, v in asdict(model).items() if k != "vocab_size"},
+            # hf / gguf only where set: a GPT cell's id stays what it was before they existed
+            "model": {
+                k: v
+                for k, v in asdict(model).items()
+                if k != "vocab_size" and not (k in ("hf", "gguf") and v is None)
+            },
             "training": asdict(self.training),
             "objective": {"name": self.objective.name, "settings": self.objective.settings},
             "seed": self.seed,

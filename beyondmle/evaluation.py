@@ -141,8 +141,13 @@ class EvaluationConfig(Settings):
         return problems
 
     def fingerprint(self) -> str:
-        """Names the evaluation steps, so changed settings re-evaluate a trained model."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        """Names the evaluation steps, so changed settings re-evaluate a trained model. An
+        unset featurizer counts as the default's name, as before the corpus could name one, so
+        results evaluated then stay valid (the corpus is part of every cell's id, and each
+        metric's own fingerprint records the featurizer it actually used)."""
+        data = asdict(self)
+        data["featurizer"] = data["featurizer"] or DEFAULT_FEATURIZER
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -210,3 +210,14 @@ def test_evaluate_scores_a_trained_cell_from_its_checkpoint(hf_run, capsys) -> N
             "SELECT value FROM metrics WHERE cell_id = ? AND metric = 'ppl_test'", (cells[0].id,)
         ).fetchone()
     assert rows["ppl_test"] == pytest.approx(stored, rel=1e-6)
+
+
+def test_cells_of_the_shared_gpt_keep_their_ids_and_evaluation_steps() -> None:
+    """Ids and step names computed before `[model] hf` existed (commit 1f75074) stay valid, so
+    upgrading never retrains or re-evaluates a finished cell."""
+    from beyondmle.evaluation import EvaluationConfig
+
+    spec = parse_spec(Path(__file__).parent.parent / "benchmarks" / "oracle-modes.toml")
+    assert [c.id for c in expand(spec)][:2] == ["042970e0b9db", "2754800f8195"]
+    assert spec.evaluation.fingerprint() == "05b23de2"
+    assert EvaluationConfig().fingerprint() == EvaluationConfig(featurizer="minilm").fingerprint()
