@@ -145,16 +145,7 @@ class BPETokenizer(Tokenizer):
         return self.hf.encode(text).ids
 
     def decode(self, ids: list[int]) -> str:
-        eos = self.eos_id
-        pieces, run = [], []
-        for i in ids:
-            if i == eos:
-                pieces.append(self.hf.decode(run) + "\n")
-                run = []
-            else:
-                run.append(i)
-        pieces.append(self.hf.decode(run))
-        return "".join(pieces)
+        return _decode_documents(self.hf, ids, self.eos_id)
 
     def to_json(self) -> str:
         return json.dumps({"kind": self.kind, "tokenizer": self.hf.to_str()})
@@ -242,21 +233,27 @@ class PretrainedTokenizer(Tokenizer):
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
-        eos = self.eos_id
-        pieces, run = [], []
-        for i in ids:
-            if i == eos:
-                pieces.append(self.hf.decode(run, skip_special_tokens=False) + "\n")
-                run = []
-            else:
-                run.append(i)
-        pieces.append(self.hf.decode(run, skip_special_tokens=False))
-        return "".join(pieces)
+        return _decode_documents(self.hf, ids, self.eos_id, skip_special_tokens=False)
 
     def to_json(self) -> str:
         return json.dumps(
             {"kind": self.kind, "tokenizer": self.hf.to_str(), "eos": self.eos, "roles": self.roles}
         )
+
+
+def _decode_documents(
+    hf: HFTokenizer, ids: list[int], eos: int, skip_special_tokens: bool = True
+) -> str:
+    """Text of ids, each `<eos>` (document boundary) written as a newline."""
+    pieces, run = [], []
+    for i in ids:
+        if i == eos:
+            pieces.append(hf.decode(run, skip_special_tokens=skip_special_tokens) + "\n")
+            run = []
+        else:
+            run.append(i)
+    pieces.append(hf.decode(run, skip_special_tokens=skip_special_tokens))
+    return "".join(pieces)
 
 
 def _json_or_empty(path) -> dict:
