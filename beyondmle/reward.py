@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from beyondmle.api import (
+    CausalLM,
     Corpus,
     PreferenceContext,
     PreferencePairs,
@@ -34,7 +35,8 @@ from beyondmle.api import (
 )
 from beyondmle.data import derive_seed
 from beyondmle.decoding import DecodingConfig, generate
-from beyondmle.model import GPT, ModelConfig
+from beyondmle.hf_model import build_model
+from beyondmle.model import ModelConfig
 from beyondmle.rl import bradley_terry_loss
 from beyondmle.training import TrainingConfig, build_trainer, load_model, safe_load
 
@@ -44,13 +46,14 @@ SCORE_BATCH = 128
 
 
 class RewardModel(nn.Module):
-    """A trunk (`GPT`, used through `hidden_states`) and a scalar head; `forward` gives a score
-    for every position (B, T), `score` the score of a whole continuation (its last position)."""
+    """A trunk (any model with the model interface, the shared GPT or a Hugging Face model,
+    used through `hidden_states`) and a scalar head; `forward` gives a score for every position
+    (B, T), `score` the score of a whole continuation (its last position)."""
 
-    def __init__(self, trunk: GPT) -> None:
+    def __init__(self, trunk: CausalLM) -> None:
         super().__init__()
         self.trunk = trunk
-        width = trunk.config.n_embd
+        width = trunk.info.width
         self.head = nn.Linear(width, 1)
         nn.init.normal_(self.head.weight, std=1 / math.sqrt(width + 1))  # Stiennon et al.
         nn.init.zeros_(self.head.bias)
@@ -77,7 +80,7 @@ class RewardModel(nn.Module):
             self.train(was)
 
 
-def reward_model_from(reference: GPT) -> RewardModel:
+def reward_model_from(reference: CausalLM) -> RewardModel:
     return RewardModel(copy.deepcopy(reference))
 
 
@@ -111,7 +114,7 @@ def windows(
 
 
 def preference_context(
-    reference: GPT,
+    reference: CausalLM,
     corpus: Corpus,
     prompt_tokens: int,
     continuation_tokens: int,
@@ -201,7 +204,7 @@ def train_reward_model(
     reference's samples, and write `reward.ckpt` and `pairs.pt`; returns what was measured and
     what it cost (sampling the pairs, training and scoring; the pairs' sampling only when they
     were drawn by this call)."""
-    reference, _, _ = load_model(reference_path)
+    reference, _, hparams = load_model(reference_path)
     context = preference_context(reference, corpus, prompt_tokens, continuation_tokens, seed)
     source = make_source(source_name, source_settings, context)
     s = source.settings
@@ -245,7 +248,7 @@ def train_reward_model(
     offset = float(model.score_all(prompts, context.sample(prompts, continuation_tokens)).mean())
     with torch.no_grad():
         model.head.bias -= offset
-    save_reward_model(model, cell_dir / REWARD_FILE)
+    save_reward_model(model, hparams["model_config"], cell_dir / REWARD_FILE)
     measured = {
         "reward_accuracy": pairwise_accuracy(model, heldout),
         "reward_accuracy_train": pairwise_accuracy(model, train_pairs),
@@ -265,15 +268,17 @@ def train_reward_model(
     return measured, compute
 
 
-def save_reward_model(model: RewardModel, path: Path) -> None:
+def save_reward_model(model: RewardModel, model_config: dict, path: Path) -> None:
+    """Weights and the reference's `[model]` table (`ModelConfig` fields), which rebuilds the
+    trunk: the shared GPT, or the Hugging Face model of `hf` / `gguf`."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model_config": asdict(model.trunk.config), "state_dict": model.state_dict()}, tmp)
+    torch.save({"model_config": model_config, "state_dict": model.state_dict()}, tmp)
     tmp.replace(path)
 
 
 def load_reward_model(path: Path) -> RewardModel:
     saved = safe_load(path)
-    model = RewardModel(GPT(ModelConfig(**saved["model_config"])))
+    model = RewardModel(build_model(ModelConfig(**saved["model_config"])))
     model.load_state_dict(saved["state_dict"])
     return model.eval().requires_grad_(False)
 
