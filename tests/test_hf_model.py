@@ -200,3 +200,40 @@ def test_a_pad_token_that_is_the_eos_gets_a_token_of_its_own(tmp_path: Path) -> 
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     special = PretrainedTokenizer.from_directory(tmp_path).special
     assert len({special.eos, special.mask, special.sep, special.pad}) == 4
+
+
+class _Unusable:
+    """A tokenizer with another's identity (its JSON) that must not be asked to encode."""
+
+    def __init__(self, tokenizer) -> None:
+        self.eos_id, self.to_json = tokenizer.eos_id, tokenizer.to_json
+
+    def encode(self, text: str) -> list[int]:
+        raise AssertionError("the cached stream should have been read")
+
+
+def test_a_retokenized_corpus_is_tokenized_once_and_read_back_from_disk(tmp_path: Path) -> None:
+    from beyondmle.api import Corpus
+    from beyondmle.tokenization import PretrainedTokenizer, WordTokenizer
+
+    documents = {
+        "train": ["the cat sat on the mat", "a dog ran"],
+        "valid": ["the park"],
+        "test": ["a cat ran in the park"],
+    }
+    words = sorted({w for docs in documents.values() for d in docs for w in d.split()})
+    corpus = Corpus("tiny", WordTokenizer(words), documents, word_level=True)
+    save_tokenizer(tmp_path / "bpe")
+    bpe = PretrainedTokenizer.from_directory(tmp_path / "bpe")
+    cache = tmp_path / "streams"
+    expected = [*bpe.encode("the cat sat on the mat"), bpe.eos_id, *bpe.encode("a dog ran")]
+    expected.append(bpe.eos_id)
+    assert corpus.retokenized(bpe, cache).stream("train") == expected
+    assert len(list(cache.glob("tiny-train-*.npy"))) == 1
+    assert corpus.retokenized(_Unusable(bpe), cache).stream("train") == expected
+    assert corpus.stream("train") != expected  # the original corpus keeps its own tokenizer
+    other = {**documents, "train": ["the cat sat"]}
+    assert Corpus("tiny", corpus.tokenizer, other, True).retokenized(bpe, cache).stream(
+        "train"
+    ) == [*bpe.encode("the cat sat"), bpe.eos_id]
+    assert len(list(cache.glob("tiny-train-*.npy"))) == 2  # other text, another file

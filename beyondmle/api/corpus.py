@@ -17,11 +17,17 @@ starts; bad input raises `CorpusError` naming the file or setting and what was e
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+
 from beyondmle.api.registry import Registry
+from beyondmle.paths import default_cache_dir
 from beyondmle.settings import Settings, SettingsError
 from beyondmle.tokenization import Tokenizer
 
@@ -43,6 +49,14 @@ __all__ = [
 ]
 
 
+def _save_stream(path: Path, tokens: list[int]) -> None:
+    """Write whole or not at all, so a reader never loads a half-written stream."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    np.save(tmp, np.asarray(tokens, dtype=np.int64), allow_pickle=False)
+    os.replace(tmp, path)
+
+
 class CorpusError(ValueError):
     """Bad corpus input: names the file or setting and what was expected."""
 
@@ -56,7 +70,11 @@ class Corpus:
     or characters for languages written without spaces (`CHARACTER_LANGUAGES`), so the choice
     is the corpus's, not the user's. `featurizer` is the sentence featurizer the distributional
     metrics use unless the spec's `[evaluation]` names one (None: the suite's default, MiniLM,
-    an English model)."""
+    an English model).
+
+    `stream_cache`, where set, is a directory that keeps each split's token stream on disk,
+    keyed by the tokenizer and the split's documents, so a stream is tokenized once per machine
+    rather than once per cell process."""
 
     name: str
     tokenizer: Tokenizer
@@ -64,23 +82,45 @@ class Corpus:
     word_level: bool
     language: str = "en"
     featurizer: str | None = None
+    stream_cache: Path | None = None
     _streams: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def stream(self, split: str) -> list[int]:
         """All documents of a split, each followed by `<eos>`, as one token list."""
         if split not in self._streams:
-            eos = self.tokenizer.eos_id
-            tokens: list[int] = []
-            for doc in self.documents[split]:
-                tokens.extend(self.tokenizer.encode(doc))
-                tokens.append(eos)
-            self._streams[split] = tokens
+            path = self._stream_path(split) if self.stream_cache is not None else None
+            if path is not None and path.exists():
+                self._streams[split] = np.load(path, allow_pickle=False).tolist()
+            else:
+                self._streams[split] = self._tokenize(split)
+                if path is not None:
+                    _save_stream(path, self._streams[split])
         return self._streams[split]
 
-    def retokenized(self, tokenizer: Tokenizer) -> Corpus:
+    def _tokenize(self, split: str) -> list[int]:
+        eos = self.tokenizer.eos_id
+        tokens: list[int] = []
+        for doc in self.documents[split]:
+            tokens.extend(self.tokenizer.encode(doc))
+            tokens.append(eos)
+        return tokens
+
+    def _stream_path(self, split: str) -> Path:
+        """`<stream_cache>/<corpus>-<split>-<key>.npy`; the key hashes the tokenizer (its JSON)
+        and the split's documents, so another tokenizer or other text never reads this file."""
+        digest = hashlib.sha256(self.tokenizer.to_json().encode("utf-8"))
+        for doc in self.documents[split]:
+            digest.update(doc.encode("utf-8"))
+            digest.update(b"\n")
+        return Path(self.stream_cache) / f"{self.name}-{split}-{digest.hexdigest()[:20]}.npy"
+
+    def retokenized(self, tokenizer: Tokenizer, cache: Path | None = None) -> Corpus:
         """The same documents read by another tokenizer (a pretrained model's own), so the model
-        is trained and scored on text as it was trained to read it."""
-        return dataclasses.replace(self, tokenizer=tokenizer, _streams={})
+        is trained and scored on text as it was trained to read it. The streams are cached on
+        disk (`cache`, default `<cache dir>/streams`): a large pretrained tokenizer reads PTB in
+        tens of seconds, and every cell of a run needs the same streams."""
+        cache = cache if cache is not None else default_cache_dir() / "streams"
+        return dataclasses.replace(self, tokenizer=tokenizer, stream_cache=cache, _streams={})
 
     def num_bytes(self, split: str) -> int:
         """UTF-8 bytes of the split as the model sees it: documents plus one newline each."""
