@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_hf_model import save_tokenizer, tiny_gpt2, tiny_llama
+from test_rlhf import FINETUNE, OBJECTIVES, PREFERENCES
 from tiny import write_tiny_corpus
 from transformers import AutoModelForCausalLM
 
@@ -223,42 +224,6 @@ def test_cells_of_the_shared_gpt_keep_their_ids_and_evaluation_steps() -> None:
     assert EvaluationConfig().fingerprint() == EvaluationConfig(featurizer="minilm").fingerprint()
 
 
-PREFERENCES = """
-[regime]
-kind = "finetune"
-
-[base]
-budget_tokens = 768
-batch_size = 4
-lr = 1e-3
-
-[[preferences]]
-source = "reward_function"
-function = "length"
-pairs = 32
-heldout_pairs = 8
-reward_batch_size = 8
-reward_lr = 1e-3
-probe_prompts = 4
-probe_every_steps = 2
-
-[[objective]]
-name = "rloo"
-k = 2
-prompt_tokens = 4
-rollout_tokens = 8
-
-[[objective]]
-name = "ppo"
-prompt_tokens = 4
-rollout_tokens = 8
-ppo_epochs = 1
-
-[[objective]]
-name = "dpo"
-"""
-
-
 @pytest.mark.slow
 def test_a_hugging_face_model_learns_from_preferences(tmp_path: Path) -> None:
     """The reward model's trunk and every policy method run on a Hugging Face model: the base
@@ -269,21 +234,21 @@ def test_a_hugging_face_model_learns_from_preferences(tmp_path: Path) -> None:
 
     text = write_spec(tmp_path, "gpt2").read_text()
     start, end = text.index("[[objective]]"), text.index("[decoding]")
-    text = text[:start] + PREFERENCES + "\n" + text[end:]
+    text = text[:start] + FINETUNE + PREFERENCES + OBJECTIVES + "\n" + text[end:]
     text = text.replace('"mauve"]', '"mauve", "reward", "policy_kl", "reward_model"]')
     (tmp_path / "spec.toml").write_text(text)
     spec = parse_spec(tmp_path / "spec.toml")
     summary = run_spec(spec, tmp_path / "out")
     assert not summary.failed, summary.failed
     cells = expand(spec)
-    assert [c.role for c in cells] == ["base", "reward", "train", "train", "train"]
+    assert [c.role for c in cells] == ["base", "reward", "train", "train", "train", "train"]
     reward = load_reward_model(tmp_path / "out" / "cells" / cells[1].id / REWARD_FILE)
     assert isinstance(reward.trunk, HFCausalLM)
     with sqlite3.connect(tmp_path / "out" / "results.sqlite") as db:
         rows = db.execute("SELECT objective, decoding, metric, value FROM metrics")
         values = {(o, d, m): v for o, d, m, v in rows}
     assert 0.0 <= values[("reward-model", "", "reward_accuracy")] <= 1.0
-    for cell in cells[2:]:
+    for cell in cells[2:]:  # MLE's control and the three methods
         label = cell.objective.label
         assert values[(label, "", "kl_k3")] >= 0, label
         assert math.isfinite(values[(label, "top_p=0.9", "proxy_reward")]), label
