@@ -263,19 +263,26 @@ def shuffled_characters(texts: list[str], seed: int) -> list[str]:
     return ["".join(rng.permutation(list(text))) for text in texts]
 
 
-def test_char_tfidf_mauve_separates_text_from_shuffled_characters_not_two_halves():
+def halves_and_shuffled(featurizer, texts: list[str]) -> tuple[float, float]:
+    """MAUVE (mean over 3 k-means seeds) of the even texts against the odd ones, and against
+    the odd ones with their characters shuffled; interleaved halves mix the same articles."""
     from beyondmle.metrics.distributional import mauve
 
-    featurizer = get_featurizer("char-tfidf", dim=64)
-    texts = ptb_sentences(1200)
-    human, other_half = texts[0::2], texts[1::2]  # interleaved: the same articles' mix
-    featurizer.fit(ptb_sentences(2000, "valid"))  # human text, neither side
-    p = featurizer.encode(human)
+    p = featurizer.encode(texts[0::2])
+    other_half = texts[1::2]
     same = mauve(p, featurizer.encode(other_half), seeds=[0, 1, 2], min_samples=500)
-    shuffled = mauve(p, featurizer.encode(shuffled_characters(other_half, 0)), seeds=[0, 1, 2],
-                     min_samples=500)  # fmt: skip
-    assert same.mean > 0.9
-    assert shuffled.mean < 0.1
+    shuffled = mauve(
+        p, featurizer.encode(shuffled_characters(other_half, 0)), seeds=[0, 1, 2], min_samples=500
+    )
+    return same.mean, shuffled.mean
+
+
+def test_char_tfidf_mauve_separates_text_from_shuffled_characters_not_two_halves():
+    featurizer = get_featurizer("char-tfidf", dim=64)
+    featurizer.fit(ptb_sentences(2000, "valid"))  # human text, neither side
+    same, shuffled = halves_and_shuffled(featurizer, ptb_sentences(1200))
+    assert same > 0.9
+    assert shuffled < 0.1
 
 
 def test_char_tfidf_is_fitted_on_one_side_and_keyed_by_that_fit():
@@ -315,15 +322,8 @@ def peoples_daily_paragraphs(n: int, skip: int = 0) -> list[str]:
 def test_char_tfidf_mauve_separates_chinese_from_its_characters_shuffled_not_two_halves():
     """In Chinese a character is a morpheme, so shuffling keeps every unigram and most of the
     topic; only the n-gram blocks see that the words are gone."""
-    from beyondmle.metrics.distributional import mauve
-
     featurizer = get_featurizer("char-tfidf")
     featurizer.fit(peoples_daily_paragraphs(2000))  # human text, neither side
-    texts = peoples_daily_paragraphs(1000, skip=2000)
-    human, other_half = texts[0::2], texts[1::2]
-    p = featurizer.encode(human)
-    same = mauve(p, featurizer.encode(other_half), seeds=[0, 1, 2], min_samples=500)
-    shuffled = mauve(p, featurizer.encode(shuffled_characters(other_half, 0)), seeds=[0, 1, 2],
-                     min_samples=500)  # fmt: skip
-    assert same.mean > 0.9
-    assert shuffled.mean < 0.5
+    same, shuffled = halves_and_shuffled(featurizer, peoples_daily_paragraphs(1000, skip=2000))
+    assert same > 0.9
+    assert shuffled < 0.5
