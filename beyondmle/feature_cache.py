@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from beyondmle.paths import atomic_save_array
+
 
 class Featurization(Protocol):
     """What the cache needs of a featurizer (`beyondmle.api.Featurizer`)."""
@@ -59,22 +61,12 @@ def _shard_paths(store: Path, shard_id: str) -> tuple[Path, Path]:
     return store / f"{shard_id}.keys.npy", store / f"{shard_id}.features.npy"
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` so that readers see the whole file or none of it."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(temporary, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _write_shard(store: Path, keys: list[str], features: np.ndarray) -> None:
     """Save one shard: features first, then keys, whose presence marks the shard complete."""
     store.mkdir(parents=True, exist_ok=True)
     keys_path, features_path = _shard_paths(store, uuid.uuid4().hex)
-    _atomic_save(features_path, features)
-    _atomic_save(keys_path, np.array([key.encode("ascii") for key in keys], dtype="S64"))
+    atomic_save_array(features_path, features)
+    atomic_save_array(keys_path, np.array([key.encode("ascii") for key in keys], dtype="S64"))
 
 
 def _read_cached(store: Path, wanted: set[str]) -> dict[str, np.ndarray]:

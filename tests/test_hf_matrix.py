@@ -229,7 +229,6 @@ def test_a_hugging_face_model_learns_from_preferences(tmp_path: Path) -> None:
     """The reward model's trunk and every policy method run on a Hugging Face model: the base
     fine-tunes it, a reward model is built on it and reloads as one, and RLOO, PPO and DPO train
     against it and are measured."""
-    from beyondmle.cells import expand
     from beyondmle.reward import REWARD_FILE, load_reward_model
 
     text = write_spec(tmp_path, "gpt2").read_text()

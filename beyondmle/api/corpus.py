@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import ClassVar
 import numpy as np
 
 from beyondmle.api.registry import Registry
-from beyondmle.paths import default_cache_dir
+from beyondmle.paths import atomic_save_array, default_cache_dir
 from beyondmle.settings import Settings, SettingsError
 from beyondmle.tokenization import Tokenizer
 
@@ -47,14 +46,6 @@ __all__ = [
     "load_corpus",
     "register_corpus",
 ]
-
-
-def _save_stream(path: Path, tokens: list[int]) -> None:
-    """Write whole or not at all, so a reader never loads a half-written stream."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, np.asarray(tokens, dtype=np.int64), allow_pickle=False)
-    os.replace(tmp, path)
 
 
 class CorpusError(ValueError):
@@ -94,7 +85,7 @@ class Corpus:
             else:
                 self._streams[split] = self._tokenize(split)
                 if path is not None:
-                    _save_stream(path, self._streams[split])
+                    atomic_save_array(path, np.asarray(self._streams[split], dtype=np.int64))
         return self._streams[split]
 
     def _tokenize(self, split: str) -> list[int]:
