@@ -49,6 +49,8 @@ DEFAULT_METRICS = (
     "fed",
 )
 
+PERPLEXITY_SPLITS = ("valid", "test")
+
 
 @dataclass(frozen=True)
 class MetricRow:
@@ -111,7 +113,9 @@ class EvaluationConfig(Settings):
     `continuation_tokens` each); Self-BLEU uses a `self_bleu_samples` subset drawn with
     `sample_seed`; `rep_window` and `eval_stride` default to the model's context and half of it.
     `featurizer` (for MAUVE and FED) defaults to the corpus's own (`Corpus.featurizer`), else
-    MiniLM.
+    MiniLM. `perplexity_splits` names the held-out splits scored for perplexity: each costs a
+    pass over its whole split, and a preset short of time may keep only "test" (training still
+    logs the validation NLL on its first blocks).
     """
 
     prompt_tokens: int = setting(20, ge=1)
@@ -125,6 +129,9 @@ class EvaluationConfig(Settings):
     mauve_scaling: float = setting(5.0, gt=0.0)
     rep_window: int = setting(128, ge=1)
     eval_stride: int | None = setting(None, ge=1)
+    perplexity_splits: list[str] = setting(
+        default_factory=lambda: list(PERPLEXITY_SPLITS), min_len=1
+    )
     batch_size: int = setting(64, ge=1)
     feature_cache: str | None = None
     bootstrap_replicates: int = setting(200, ge=0)
@@ -135,6 +142,10 @@ class EvaluationConfig(Settings):
             for name in self.metrics
             if name not in METRICS
         ]
+        splits = self.perplexity_splits
+        if any(s not in PERPLEXITY_SPLITS for s in splits) or len(set(splits)) != len(splits):
+            expected = f"distinct splits among {', '.join(PERPLEXITY_SPLITS)}"
+            problems.append(Problem("perplexity_splits", expected, splits))
         if self.featurizer is not None and self.featurizer not in FEATURIZERS:
             expected = f"a registered featurizer ({', '.join(FEATURIZERS.names())})"
             problems.append(Problem("featurizer", expected, self.featurizer))
@@ -144,9 +155,12 @@ class EvaluationConfig(Settings):
         """Names the evaluation steps, so changed settings re-evaluate a trained model. An
         unset featurizer counts as the default's name, as before the corpus could name one, so
         results evaluated then stay valid (the corpus is part of every cell's id, and each
-        metric's own fingerprint records the featurizer it actually used)."""
+        metric's own fingerprint records the featurizer it actually used). Likewise the default
+        `perplexity_splits`, added later, leaves the fingerprint as it was."""
         data = asdict(self)
         data["featurizer"] = data["featurizer"] or DEFAULT_FEATURIZER
+        if data["perplexity_splits"] == list(PERPLEXITY_SPLITS):
+            del data["perplexity_splits"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -88,6 +88,31 @@ def test_unknown_metric_is_refused_with_the_known_ones() -> None:
         EvaluationConfig(metrics=["perplexity", "bleurt"])
 
 
+def test_perplexity_scores_only_the_splits_asked_for(ptb) -> None:
+    values = {r.metric: r.value for r in evaluator(ptb).model_metrics()[0]}
+    assert {"ppl_valid", "ppl_test"} <= set(values)
+    only_test = evaluator(ptb, perplexity_splits=["test"], metrics=["perplexity", "repetition"])
+    rows = {r.metric: r.value for r in only_test.model_metrics()[0]}
+    assert "ppl_valid" not in rows and "bpb_valid" not in rows
+    assert rows["ppl_test"] == pytest.approx(values["ppl_test"])
+    assert rows["rep"] == pytest.approx(values["rep"])  # the shared pass, whichever runs first
+
+
+def test_perplexity_splits_name_held_out_splits_once_each() -> None:
+    with pytest.raises(ValueError, match="perplexity_splits must be distinct splits among valid"):
+        EvaluationConfig(perplexity_splits=["train"])
+    with pytest.raises(ValueError, match="perplexity_splits"):
+        EvaluationConfig(perplexity_splits=["test", "test"])
+
+
+def test_the_default_splits_leave_earlier_fingerprints_valid() -> None:
+    default = EvaluationConfig()
+    assert (
+        default.fingerprint() == EvaluationConfig(perplexity_splits=["valid", "test"]).fingerprint()
+    )
+    assert default.fingerprint() != EvaluationConfig(perplexity_splits=["test"]).fingerprint()
+
+
 class LengthRecorder:
     """A featurizer that records what it was asked to embed."""
 

@@ -243,12 +243,64 @@ def test_continuation_scores_score_only_the_continuations_given_their_prompts(ba
     assert scored.row_nll.tolist() == pytest.approx([3 * hit + miss, 3 * hit + miss], rel=1e-5)
 
 
-def test_stream_predictions_read_the_stream_in_windows_of_the_context():
-    from beyondmle.metrics.likelihood import stream_predictions
+class ArgmaxIsPosition(nn.Module):
+    """Puts logit 10 on token t at window position t (capped at V - 1): its argmax prediction
+    reads out the context a scored token was predicted with."""
 
-    tokens = list(range(11))  # 10 predictions, windows of 4: positions 0-3, 4-7, 8-9
-    predicted = stream_predictions(NextIsPlusOne(12), tokens, block_size=4, batch_size=2)
-    assert predicted.tolist() == [t + 1 for t in range(10)]
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.unused = nn.Parameter(torch.zeros(()))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        position = torch.arange(T).clamp(max=self.vocab - 1)
+        return nn.functional.one_hot(position, self.vocab).float().expand(B, T, -1) * 10.0
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 64])
+def test_stream_predictions_are_made_with_the_context_each_token_was_scored_with(batch_size):
+    from beyondmle.metrics.likelihood import score_stream
+
+    # 11 tokens, windows of 4 advancing by 2: the first window predicts tokens 1-4 from
+    # positions 0-3; every later window scores its last two tokens, from positions 2 and 3.
+    tokens = list(range(11))
+    scored = score_stream(
+        ArgmaxIsPosition(12), tokens, 4, stride=2, batch_size=batch_size, predictions=True
+    )
+    assert scored.predictions.tolist() == [0, 1, 2, 3, 2, 3, 2, 3, 2, 3]
+    assert scored.likelihood.tokens == 10
+
+
+@pytest.mark.parametrize("stride", [1, BLOCK // 2, BLOCK])
+def test_asking_for_predictions_leaves_the_likelihood_as_it_was(stride):
+    from beyondmle.metrics.likelihood import score_stream
+    from beyondmle.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=37, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(config).eval()  # no dropout in the hand-made expectation either
+    tokens = random_stream(40, 37)
+    plain = perplexity(model, tokens, BLOCK, stride=stride)
+    both = score_stream(model, tokens, BLOCK, stride=stride, predictions=True)
+    assert both.likelihood.nll == pytest.approx(plain.nll, rel=1e-5)
+    assert both.likelihood.tokens == plain.tokens == 39
+    # The argmax of the GPT's own logits at every scored position, window by window.
+    expected = []
+    for start, end, first in _windows_of(40, BLOCK, stride):
+        logits = model(torch.tensor(tokens[start : end - 1])[None])[0]
+        expected += logits[first - start - 1 :].argmax(-1).tolist()
+    assert both.predictions.tolist() == expected
+
+
+def _windows_of(n: int, block: int, stride: int) -> list[tuple[int, int, int]]:
+    """The sliding windows by hand: each scores the tokens after the previous one's end."""
+    out, scored_to, start = [], 1, 0
+    while scored_to < n:
+        end = min(start + block + 1, n)
+        out.append((start, end, scored_to))
+        scored_to, start = end, start + stride
+    return out
 
 
 class LogitsOf(nn.Module):

@@ -14,7 +14,7 @@ from beyondmle.api.corpus import CHARACTER_LANGUAGES
 from beyondmle.api.metric import EvalInputs, MetricValue, Output, register_metric
 from beyondmle.metrics.distributional import fed, mauve
 from beyondmle.metrics.diversity import distinct_n, ngram_entropy, self_bleu, zipf_coefficient
-from beyondmle.metrics.likelihood import continuation_scores, perplexity, stream_predictions
+from beyondmle.metrics.likelihood import StreamScores, continuation_scores, score_stream
 from beyondmle.metrics.repetition import next_token_repetition, seq_rep_n, seq_rep_values
 from beyondmle.metrics.resampling import (
     distinct_replicates,
@@ -62,20 +62,12 @@ def _replicated(function, inputs: EvalInputs, samples, *args) -> tuple[float, ..
 def perplexity_metric(inputs: EvalInputs) -> list[MetricValue]:
     """Perplexity per token, and in units that compare across tokenizers: per word (Mikolov's
     PTB convention; none for languages written without spaces, which have no words to count),
-    per character (spaces aside, one per `<eos>`) and bits per byte."""
+    per character (spaces aside, one per `<eos>`) and bits per byte. On the splits the
+    evaluation asks for (`perplexity_splits`)."""
     out = []
     corpus = inputs.heldout
-    spaced = corpus.language not in CHARACTER_LANGUAGES
-    for split in ("valid", "test"):
-        result = perplexity(
-            inputs.model,
-            corpus.stream(split),
-            inputs.block_size,
-            stride=inputs.settings["eval_stride"],
-            words=corpus.num_words(split) if spaced else None,
-            num_bytes=corpus.num_bytes(split),
-            batch_size=LIKELIHOOD_BATCH,
-        )
+    for split in inputs.settings.get("perplexity_splits", ("valid", "test")):
+        result = _stream_scores(inputs, split).likelihood
         out += [
             MetricValue(f"ppl_{split}", result.perplexity),
             MetricValue(f"ppl_word_{split}", result.perplexity_per_word),
@@ -83,6 +75,28 @@ def perplexity_metric(inputs: EvalInputs) -> list[MetricValue]:
             MetricValue(f"bpb_{split}", result.bits_per_byte),
         ]
     return out
+
+
+def _stream_scores(inputs: EvalInputs, split: str) -> StreamScores:
+    """The sliding-window pass over a held-out split, shared: on the test split the same pass
+    gives perplexity and the argmax predictions that rep / wrep / uniq score."""
+    corpus = inputs.heldout
+    stride = inputs.settings["eval_stride"]
+
+    def compute() -> StreamScores:
+        spaced = corpus.language not in CHARACTER_LANGUAGES
+        return score_stream(
+            inputs.model,
+            corpus.stream(split),
+            inputs.block_size,
+            stride=stride,
+            words=corpus.num_words(split) if spaced else None,
+            num_bytes=corpus.num_bytes(split),
+            batch_size=LIKELIHOOD_BATCH,
+            predictions=split == "test",
+        )
+
+    return inputs.shared_result(("stream", split, inputs.block_size, stride), compute)
 
 
 @register_metric(
@@ -108,10 +122,10 @@ def continuation_metric(inputs: EvalInputs) -> list[MetricValue]:
 
 @register_metric(
     "repetition",
-    version="1",
+    version="2",
     needs={"model", "heldout"},
     per_decoding=False,
-    settings=("tokenizer", "block_size", "rep_window"),
+    settings=("tokenizer", "block_size", "rep_window", "eval_stride"),
     outputs=[
         Output("rep", "rep", higher_is_better=False),
         Output("wrep", "wrep", higher_is_better=False),
@@ -120,13 +134,16 @@ def continuation_metric(inputs: EvalInputs) -> list[MetricValue]:
 )
 def repetition_metric(inputs: EvalInputs) -> list[MetricValue]:
     """rep/l, wrep/l and uniq as Welleck et al. (2020, §6, Table 2) score them: the model reads
-    the whole test stream in windows of its context and predicts each next token (argmax);
-    rep/l is the share of predictions found among the l previous gold tokens of the stream
-    (l = `rep_window`, 128 as theirs), wrep/l the share both wrong and repeated, uniq the
-    distinct predictions. The test split is the whole population here, not a sample of it, so
-    these vary over seeds only."""
+    the whole test stream and predicts each next token (argmax); rep/l is the share of
+    predictions found among the l previous gold tokens of the stream (l = `rep_window`, 128 as
+    theirs), wrep/l the share both wrong and repeated, uniq the distinct predictions. The
+    predictions come from perplexity's sliding-window pass (one pass serves both), so each is
+    made with at least block_size - eval_stride tokens of context; Welleck et al. read
+    WikiText-103 in disjoint blocks of 1,536 tokens, and at this benchmark's contexts a sliding
+    window is the closer match to their long context. The test split is the whole population
+    here, not a sample of it, so these vary over seeds only."""
     tokens = inputs.heldout.stream("test")
-    predictions = stream_predictions(inputs.model, tokens, inputs.block_size, LIKELIHOOD_BATCH)
+    predictions = _stream_scores(inputs, "test").predictions
     window = inputs.settings["rep_window"]
     rep = next_token_repetition([predictions.tolist()], [tokens[1:]], [tokens], window)
     return [MetricValue(name, float(value)) for name, value in rep.items()]

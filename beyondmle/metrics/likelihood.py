@@ -59,6 +59,16 @@ def _windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]
     return out
 
 
+@dataclass(frozen=True)
+class StreamScores:
+    """A sliding-window pass over a token stream: its likelihood and, when asked for, the
+    model's argmax prediction of every token but the first (n - 1,), each made with the context
+    its NLL was scored with."""
+
+    likelihood: Likelihood
+    predictions: torch.Tensor | None = None
+
+
 @torch.no_grad()
 def perplexity(
     model: torch.nn.Module,
@@ -76,6 +86,31 @@ def perplexity(
     `stride` defaults to block_size // 2, so every token but those of the first window sees at
     least half a window of context.
     """
+    return score_stream(
+        model,
+        tokens,
+        block_size,
+        stride=stride,
+        words=words,
+        num_bytes=num_bytes,
+        batch_size=batch_size,
+    ).likelihood
+
+
+@torch.no_grad()
+def score_stream(
+    model: torch.nn.Module,
+    tokens: list[int] | torch.Tensor,
+    block_size: int,
+    *,
+    stride: int | None = None,
+    words: int | None = None,
+    num_bytes: int | None = None,
+    batch_size: int = 32,
+    predictions: bool = False,
+) -> StreamScores:
+    """`perplexity`'s pass, optionally also returning the argmax predictions: one forward pass
+    then serves both the likelihood and the next-token repetition metrics."""
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     n = tokens.numel()
     if n < 2:
@@ -86,7 +121,7 @@ def perplexity(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    nll, scored = 0.0, 0
+    nll, scored, argmax = 0.0, 0, []
     windows = _windows(n, block_size, stride)
     for i in range(0, len(windows), batch_size):
         group = windows[i : i + batch_size]
@@ -98,10 +133,17 @@ def perplexity(
             keep = slice(first - start - 1, end - start - 1)
             targets[row, keep] = tokens[first:end]
         count = int((targets != -100).sum())
-        nll += _summed_nll(model, inputs.to(device), targets.to(device), count)
+        inputs, targets = inputs.to(device), targets.to(device)
+        if predictions:
+            group_nll, group_argmax = _summed_nll_and_argmax(model, inputs, targets)
+            argmax.append(group_argmax.cpu())
+        else:
+            group_nll = _summed_nll(model, inputs, targets, count)
+        nll += group_nll
         scored += count
     model.train(was_training)
-    return Likelihood(nll=nll, tokens=scored, words=words, bytes=num_bytes)
+    likelihood = Likelihood(nll=nll, tokens=scored, words=words, bytes=num_bytes)
+    return StreamScores(likelihood, torch.cat(argmax) if predictions else None)
 
 
 def _summed_nll(
@@ -119,6 +161,35 @@ def _summed_nll(
     return F.cross_entropy(
         logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
     ).item()
+
+
+# Scored positions per output-projection chunk: bounds the logits held at once (V floats each).
+LOGITS_CHUNK = 1024
+
+
+def _summed_nll_and_argmax(
+    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[float, torch.Tensor]:
+    """Summed NLL of the targets (B, T) that are not -100, and the argmax prediction at each of
+    them (row by row, in order). Logits are formed only at scored positions, in chunks, as the
+    fused loss forms them: the same single output projection, with the argmax read off it."""
+    keep = targets != -100
+    wanted = targets[keep]
+    if hasattr(model, "hidden_states"):
+        hidden = model.hidden_states(inputs)[keep]  # (k, C)
+        chunks = (
+            model.logits(hidden[s : s + LOGITS_CHUNK]).float()
+            for s in range(0, hidden.size(0), LOGITS_CHUNK)
+        )
+    else:
+        chunks = iter([model(inputs)[keep].float()])
+    nll, argmax, start = 0.0, [], 0
+    for logits in chunks:
+        stop = start + logits.size(0)
+        nll += F.cross_entropy(logits, wanted[start:stop], reduction="sum").item()
+        argmax.append(logits.argmax(-1))
+        start = stop
+    return nll, torch.cat(argmax)
 
 
 @dataclass(frozen=True)
@@ -155,29 +226,3 @@ def continuation_scores(
     row_nll = torch.cat(rows)
     total = Likelihood(nll=float(row_nll.sum()), tokens=continuations.numel())
     return Continuations(total, row_nll, torch.cat(predictions))
-
-
-@torch.no_grad()
-def stream_predictions(
-    model: torch.nn.Module, tokens: list[int] | torch.Tensor, block_size: int, batch_size: int = 8
-) -> torch.Tensor:
-    """The model's argmax prediction of every token of a stream but the first (n - 1,), read in
-    consecutive windows of `block_size` tokens, as Welleck et al. (2020) read WikiText-103 in
-    blocks of 1,536 tokens to score rep, wrep and uniq (§6, Table 2)."""
-    tokens = torch.as_tensor(tokens, dtype=torch.long)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    starts = list(range(0, tokens.numel() - 1, block_size))
-    for i in range(0, len(starts), batch_size):
-        group = [tokens[s : s + block_size] for s in starts[i : i + batch_size]]
-        group = [g for g in group if g.numel()]
-        width = max(g.numel() for g in group)
-        inputs = torch.zeros(len(group), width, dtype=torch.long)
-        for row, g in enumerate(group):
-            inputs[row, : g.numel()] = g
-        argmax = model(inputs.to(device)).argmax(-1).cpu()
-        out += [argmax[row, : g.numel()] for row, g in enumerate(group)]
-    model.train(was_training)
-    return torch.cat(out)[: tokens.numel() - 1]
