@@ -112,6 +112,7 @@ def expand(spec: Spec) -> list[Cell]:
             for corpus in spec.corpora
             for seed in spec.seeds
             for objective in spec.objectives
+            if objective.runs_on(corpus.name)
         ]
     cells: list[Cell] = []
     bases: list[Cell] = []
@@ -125,6 +126,8 @@ def expand(spec: Spec) -> list[Cell]:
             if reward is not None:
                 rewards.append(reward)
             for objective in spec.objectives:
+                if not objective.runs_on(corpus.name):
+                    continue
                 learns = get_objective(objective.name).uses & {"reward_model", "preference_pairs"}
                 cells.append(
                     Cell(

@@ -186,7 +186,7 @@ class PreferenceInputs:
 class Evaluator:
     """Evaluates one trained model on one corpus under one evaluation config; metrics whose
     inputs this cell lacks (a reference for the base itself, a reward model in a run without
-    preferences) are left out."""
+    preferences, an oracle on a corpus without one) are left out."""
 
     model: CausalLM
     corpus: Corpus
@@ -222,6 +222,8 @@ class Evaluator:
         )
 
     def _can(self, metric: Metric) -> bool:
+        if "oracle" in metric.needs and getattr(self.corpus, "oracle", None) is None:
+            return False  # a corpus without a known truth, in a spec that mixes corpora
         p = self.preferences
         if "reward" in metric.needs and p is None:
             return False

@@ -17,7 +17,7 @@ runs, and every problem is reported at once with the file, the key and what was 
 
     [[objective]]      # name, an optional label, and the objective's own Settings fields
     name = "unlikelihood"
-    alpha = 1.0
+    alpha = 1.0        # (`corpora = ["ptb"]` runs a variant on those corpora only)
     [objective.sweep]  # optional: each key gets a list of values; every combination runs
     alpha = [0.5, 1.0]
 
@@ -79,11 +79,17 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class ObjectiveVariant:
-    """One objective with all its settings resolved; `label` names it in results."""
+    """One objective with all its settings resolved; `label` names it in results; `corpora`
+    restricts it to those corpora of the spec (None: every corpus), so one spec can run, say,
+    oracle-labelled RLHF on the oracle tier and SPIN on PTB without crossing them."""
 
     name: str
     settings: dict
     label: str
+    corpora: tuple[str, ...] | None = None
+
+    def runs_on(self, corpus: str) -> bool:
+        return self.corpora is None or corpus in self.corpora
 
 
 @dataclass(frozen=True)
@@ -261,8 +267,30 @@ def _regime(data: dict, issues: list[SpecIssue]) -> tuple[Regime, TrainingConfig
     return regime, base
 
 
+def _objective_corpora(
+    table: dict, where: str, corpus_names: list[str], issues: list[SpecIssue]
+) -> tuple[str, ...] | None:
+    """An objective table's `corpora`: None when absent, else corpora this spec declares."""
+    if "corpora" not in table:
+        return None
+    given = table["corpora"]
+    if (
+        not isinstance(given, list)
+        or not given
+        or any(name not in corpus_names for name in given)
+        or len(set(given)) != len(given)
+    ):
+        expected = f"a non-empty list of this spec's corpora ({', '.join(corpus_names)})"
+        issues.append(SpecIssue(f"{where}.corpora", expected, given))
+        return None
+    return tuple(given)
+
+
 def _objectives(
-    data: dict, issues: list[SpecIssue], finetune: bool = False
+    data: dict,
+    issues: list[SpecIssue],
+    finetune: bool = False,
+    corpus_names: list[str] | None = None,
 ) -> list[ObjectiveVariant]:
     out = []
     for i, table in enumerate(_tables(data, "objective", issues)):
@@ -274,7 +302,8 @@ def _objectives(
             continue
         cls = OBJECTIVES.get(name)
         types_ = {f.name: f.type for f in dataclasses.fields(cls.Settings)}
-        base = {k: v for k, v in table.items() if k not in ("name", "sweep", "label")}
+        base = {k: v for k, v in table.items() if k not in ("name", "sweep", "label", "corpora")}
+        corpora = _objective_corpora(table, where, corpus_names or [], issues)
         given_label = table.get("label", name)
         if not isinstance(given_label, str) or not given_label:
             issues.append(SpecIssue(f"{where}.label", "a non-empty string", given_label))
@@ -318,7 +347,7 @@ def _objectives(
             label = given_label + (
                 "[" + ",".join(f"{k}={v}" for k, v in chosen.items()) + "]" if chosen else ""
             )
-            out.append(ObjectiveVariant(name, dataclasses.asdict(settings), label))
+            out.append(ObjectiveVariant(name, dataclasses.asdict(settings), label, corpora))
     labels = [v.label for v in out]
     for label in sorted({x for x in labels if labels.count(x) > 1}):
         issues.append(
@@ -405,7 +434,7 @@ def _resources_issues(
             )
         if cls.uses & {"reward_model", "preference_pairs"}:
             for c in corpora:
-                if None not in covered and c.name not in covered:
+                if variant.runs_on(c.name) and None not in covered and c.name not in covered:
                     issues.append(
                         SpecIssue(
                             "preferences",
@@ -454,7 +483,9 @@ def parse_spec(path: str | Path) -> Spec:
     training = _build(TrainingConfig, _table(data, "training", issues), "training", issues)
     evaluation = _build(EvaluationConfig, _table(data, "evaluation", issues), "evaluation", issues)
     regime, base_training = _regime(data, issues)
-    objectives = _objectives(data, issues, finetune=regime.kind == "finetune")
+    objectives = _objectives(
+        data, issues, finetune=regime.kind == "finetune", corpus_names=[c.name for c in corpora]
+    )
     preferences = _preferences(data, corpora, issues)
     issues += _resources_issues(objectives, corpora, preferences, regime.kind == "finetune", model)
     if preferences and regime.kind != "finetune":
@@ -477,6 +508,7 @@ def parse_spec(path: str | Path) -> Spec:
             )
         )
     if evaluation is not None:
+        any_oracle = any(getattr(CORPORA.get(c.name), "has_oracle", False) for c in corpora)
         for i, corpus in enumerate(corpora):
             cls = CORPORA.get(corpus.name)
             settings, _ = build_settings(cls.Settings, corpus.settings)
@@ -502,7 +534,9 @@ def parse_spec(path: str | Path) -> Spec:
                             metric,
                         )
                     )
-            if not getattr(cls, "has_oracle", False):
+            # In a spec mixing corpora, oracle metrics are scored where there is an oracle and
+            # left out elsewhere; a spec with no oracle corpus at all cannot give them.
+            if not any_oracle:
                 for metric in evaluation.metrics:
                     if "oracle" in METRICS.get(metric).needs:
                         issues.append(

@@ -312,3 +312,30 @@ def test_oracle_metrics_need_an_oracle_corpus(tmp_path):
     path.write_text(SPEC.replace('name = "oracle"', 'name = "ptb"').format(corpus=""))
     with pytest.raises(SpecError, match="'oracle_coverage' needs an oracle corpus"):
         parse_spec(path)
+
+
+def test_a_spec_mixing_an_oracle_with_a_real_corpus_scores_oracle_metrics_on_the_oracle_only(
+    tmp_path,
+):
+    import torch
+
+    from beyondmle.api import load_corpus
+    from beyondmle.evaluation import EvaluationConfig, Evaluator
+    from beyondmle.model import GPT, ModelConfig
+
+    path = tmp_path / "spec.toml"
+    text = SPEC.format(corpus="").replace("[model]", '[[corpus]]\nname = "ptb"\n[model]')
+    path.write_text(text.replace("block_size = 32", "block_size = 64"))
+    spec = parse_spec(path)
+    assert [c.name for c in spec.corpora] == ["oracle", "ptb"]
+    ptb = load_corpus("ptb")
+    torch.manual_seed(0)
+    vocab = ptb.tokenizer.vocab_size
+    model = GPT(ModelConfig(vocab_size=vocab, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    metrics = ["perplexity", "oracle_coverage"]
+    config = EvaluationConfig(
+        prompt_tokens=8, continuation_tokens=8, num_samples=4, self_bleu_samples=4, metrics=metrics
+    )
+    names = {row.metric for row in Evaluator(model, ptb, config).model_metrics()[0]}
+    assert "ppl_test" in names
+    assert not names & {"nll_test", "oracle_entropy", "forward_kl"}  # oracle_coverage's outputs

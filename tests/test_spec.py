@@ -126,6 +126,29 @@ def test_cells_are_corpora_times_seeds_times_objective_variants(tmp_path):
     assert cells[0].describe() == "ptb / mle[label_smoothing=0.0] / seed 0"
 
 
+def test_an_objective_restricted_to_corpora_runs_on_those_only(tmp_path):
+    restricted = VALID.replace(
+        'name = "unlikelihood"\n', 'name = "unlikelihood"\ncorpora = ["text"]\n'
+    )
+    everywhere = expand(parse_spec(write(tmp_path, VALID)))
+    cells = expand(parse_spec(write(tmp_path, restricted, "restricted.toml")))
+    pairs = {(c.corpus.name, c.objective.name) for c in cells}
+    assert ("ptb", "unlikelihood") not in pairs and ("text", "unlikelihood") in pairs
+    assert len(cells) == 2 * 2 + 2 * 6  # ptb: mle's 2 variants; text: all 6, per seed
+    # The restriction is not part of what a cell computes: the same cells keep their ids.
+    assert {c.id for c in cells} <= {c.id for c in everywhere}
+
+
+@pytest.mark.parametrize("given", ['["wiki"]', "[]", '"text"', '["text", "text"]'])
+def test_objective_corpora_must_name_corpora_of_the_spec(tmp_path, given):
+    bad = VALID.replace('name = "unlikelihood"\n', f'name = "unlikelihood"\ncorpora = {given}\n')
+    with pytest.raises(SpecError) as err:
+        parse_spec(write(tmp_path, bad))
+    assert "objective[1].corpora: expected a non-empty list of this spec's corpora (ptb, text)" in (
+        str(err.value)
+    )
+
+
 def test_cell_ids_are_stable_and_differ_per_seed(tmp_path):
     first = [c.id for c in expand(parse_spec(write(tmp_path, VALID)))]
     again = [c.id for c in expand(parse_spec(write(tmp_path, VALID, "again.toml")))]
