@@ -358,6 +358,15 @@ class ResultsDB:
                 (cell_id,),
             )
 
+    def reopen(self, cell_id: str) -> None:
+        """Make a finished cell pending again (its evaluation is to be redone)."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE cells SET status = 'pending', claimed_by = NULL, heartbeat = NULL "
+                "WHERE id = ? AND status = 'done'",
+                (cell_id,),
+            )
+
     def finish_cell(self, cell_id: str, run_id: str, train_seconds: float | None) -> None:
         with self.transaction() as c:
             c.execute(
@@ -387,7 +396,13 @@ class ResultsDB:
                     c.execute(f"DELETE FROM {table} WHERE cell_id = ?", (cell_id,))
                 return
             for name in names:
-                decoding = name.split(":")[1] if name.startswith("decode:") else None
+                decoding = (
+                    name.split(":")[1]
+                    if name.startswith("decode:")
+                    else ""
+                    if name.startswith("model-metrics:")
+                    else None
+                )
                 c.execute("DELETE FROM steps WHERE cell_id = ? AND name = ?", (cell_id, name))
                 if decoding is not None:
                     for table in ("metrics", "artifacts", "replicates"):

@@ -156,6 +156,7 @@ def run_spec(
         summary = RunSummary(out_dir)
         for cell in cells:
             _heal_or_fail(cell, db, out_dir, run_id, retry_failed, console)
+            _reopen_for_evaluation(cell, spec, db)
         try:
             for index, cell in enumerate(cells, start=1):
                 claim_and_run(
@@ -285,6 +286,30 @@ def damaged_steps(db: ResultsDB, cell: Cell, out_dir: Path) -> dict[str, str]:
             if step.startswith(f"decode:{decoding}:"):
                 damaged[step] = f"{out_dir / relative} is missing or cut short"
     return damaged
+
+
+def evaluation_steps(cell: Cell, spec: Spec) -> list[str]:
+    """The evaluation steps a finished cell has under the spec's [evaluation] and [decoding]:
+    named by their fingerprint, so changed settings name new steps."""
+    if cell.role == "reward":
+        return []
+    suffix = spec.evaluation.fingerprint()
+    return [f"model-metrics:{suffix}", *(f"decode:{d.label}:{suffix}" for d in spec.decodings)]
+
+
+def _reopen_for_evaluation(cell: Cell, spec: Spec, db: ResultsDB) -> None:
+    """A finished cell whose evaluation under the spec's current settings is missing (its
+    [evaluation] or [decoding] changed since) is reopened: the evaluation steps of the old
+    settings and their rows are dropped, the training is kept, so the run evaluates the trained
+    model again without retraining it."""
+    if db.cell_status(cell.id) != "done":
+        return
+    finished = db.finished_steps(cell.id)
+    wanted = evaluation_steps(cell, spec)
+    if all(step in finished for step in wanted):
+        return
+    db.drop_steps(cell.id, [s for s in finished if s != "train" and s not in wanted])
+    db.reopen(cell.id)
 
 
 def _heal_or_fail(
@@ -437,13 +462,11 @@ def run_cell(
     evaluator = Evaluator(
         model, corpus, spec.evaluation, _preference_inputs(cell, spec, corpus, out_dir)
     )
-    suffix = spec.evaluation.fingerprint()
-    step = f"model-metrics:{suffix}"
+    step, *decode_steps = evaluation_steps(cell, spec)
     if not db.step_done(cell.id, step):
         rows, fingerprints = evaluator.model_metrics()
         db.record_step(cell.id, step, rows, fingerprints)
-    for decoding in spec.decodings:
-        step = f"decode:{decoding.label}:{suffix}"
+    for decoding, step in zip(spec.decodings, decode_steps, strict=True):
         if db.step_done(cell.id, step):
             continue
         samples = evaluator.generate(decoding, cell.seed)

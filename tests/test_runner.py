@@ -604,3 +604,33 @@ def test_shards_split_the_cells_disjointly(tmp_path, corpus_dir):
     db = ResultsDB(merged)
     assert db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
+
+
+def test_a_changed_decoding_grid_evaluates_finished_cells_again_without_training(
+    tmp_path, corpus_dir
+):
+    objectives = '[[objective]]\nname = "mle"\n'
+    path = write_spec(tmp_path / "spec.toml", corpus_dir, objectives)
+    spec = parse_spec(path)
+    (cell,) = expand(spec)
+    run_spec(spec, tmp_path / "out")
+    conn = _db(tmp_path / "out")
+    trained = _steps(conn, cell.id)["train"]
+    checkpoint = tmp_path / "out" / "cells" / cell.id / "model.ckpt"
+    written = checkpoint.stat().st_mtime_ns
+    conn.close()
+
+    path.write_text(path.read_text().replace("temperature = [1.0]", "temperature = [0.7]"))
+    summary = run_spec(parse_spec(path), tmp_path / "out")
+    assert not summary.failed and not summary.skipped
+    conn = _db(tmp_path / "out")
+    steps = _steps(conn, cell.id)
+    assert steps["train"] == trained and checkpoint.stat().st_mtime_ns == written
+    assert {s.split(":")[1] for s in steps if s.startswith("decode:")} == {
+        "greedy",
+        "temperature=0.7",
+    }
+    decodings = {row[0] for row in _metric_rows(conn, cell.id)}
+    assert decodings == {"", "greedy", "temperature=0.7"}  # the old decoding's rows are gone
+    assert _status(conn)[cell.id]["status"] == "done"
+    conn.close()
