@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +50,11 @@ from beyondmle.runner import (
     RunSummary,
     claim_and_run,
     corpus_key,
+    evaluation_steps,
     git_commit,
     load_corpora,
     package_versions,
+    reopen_for_evaluation,
     train,
     with_dependencies,
 )
@@ -106,6 +109,18 @@ def result_status(cell_dir: Path) -> tuple[str | None, str | None]:
     finally:
         conn.close()
     return (row[0], row[1]) if row else (None, None)
+
+
+def _evaluated(cell_dir: Path, steps: list[str]) -> bool:
+    """Whether a cell's result file holds every evaluation step of the spec's current
+    [evaluation] and [decoding] (changed settings name new steps, which run again)."""
+    conn = sqlite3.connect(f"file:{cell_dir / RESULT_FILE}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT name FROM steps WHERE cell_id = ?", (cell_dir.name,))
+        finished = {row[0] for row in rows}
+    finally:
+        conn.close()
+    return all(step in finished for step in steps)
 
 
 def find_cell(spec: Spec, cell_id: str) -> Cell:
@@ -185,7 +200,9 @@ def run_single_cell(
             train(cell, corpora[corpus_key(cell.corpus)], cell_dir, lambda: None, spec=spec)
         return "trained"
     status, _ = result_status(cell_dir)
-    if status == "done" or (status == "failed" and not retry_failed):
+    if status == "done" and _evaluated(cell_dir, evaluation_steps(cell, spec)):
+        return status
+    if status == "failed" and not retry_failed:
         return status
     for dependency in cell.dependencies:
         dep_status, _ = result_status(out_dir / "cells" / dependency.id)
@@ -209,12 +226,15 @@ def run_single_cell(
 def _run_locked(spec, cell, corpora, out_dir, cell_dir, retry_failed, verbosity) -> str:
     db = ResultsDB(cell_dir, WORK_FILE, wal=False)
     try:
-        run_id = f"cell-{cell.id}-{int(time.time())}"
+        run_id = (
+            f"cell-{cell.id}-{int(time.time())}-{uuid.uuid4().hex[:6]}"  # reruns may share a second
+        )
         worker = worker_id(run_id)
         db.start_run(run_id, spec.path, spec.text, git_commit(), package_versions())
         preference = ["reward_model"] if spec.preferences else []
         db.record_metric_info(metric_info([*spec.evaluation.metrics, *preference]))
         db.register_cell(cell.id, cell.config, cell.corpus.name, cell.objective.label, cell.seed)
+        reopen_for_evaluation(cell, spec, db)
         console = RunConsole(1, verbosity)
         summary = RunSummary(out_dir)
         with console.capture():

@@ -156,7 +156,7 @@ def run_spec(
         summary = RunSummary(out_dir)
         for cell in cells:
             _heal_or_fail(cell, db, out_dir, run_id, retry_failed, console)
-            _reopen_for_evaluation(cell, spec, db)
+            reopen_for_evaluation(cell, spec, db)
         try:
             for index, cell in enumerate(cells, start=1):
                 claim_and_run(
@@ -297,7 +297,7 @@ def evaluation_steps(cell: Cell, spec: Spec) -> list[str]:
     return [f"model-metrics:{suffix}", *(f"decode:{d.label}:{suffix}" for d in spec.decodings)]
 
 
-def _reopen_for_evaluation(cell: Cell, spec: Spec, db: ResultsDB) -> None:
+def reopen_for_evaluation(cell: Cell, spec: Spec, db: ResultsDB) -> None:
     """A finished cell whose evaluation under the spec's current settings is missing (its
     [evaluation] or [decoding] changed since) is reopened: the evaluation steps of the old
     settings and their rows are dropped, the training is kept, so the run evaluates the trained

@@ -123,6 +123,25 @@ def test_run_cell_writes_one_result_file_and_a_second_call_does_nothing(write, t
     assert result.stat().st_mtime_ns == stamp  # untouched: nothing ran again
 
 
+def test_run_cell_evaluates_a_finished_cell_again_when_the_decodings_change(
+    write, tmp_path
+) -> None:
+    path = write()
+    spec = parse_spec(path)
+    cell = expand(spec)[0]
+    out = tmp_path / "out"
+    assert run_single_cell(spec, cell.id, out) == "done"
+    checkpoint = out / "cells" / cell.id / "model.ckpt"
+    written = checkpoint.stat().st_mtime_ns
+    path.write_text(path.read_text().replace("greedy = true", "greedy = true\ntop_p = [0.9]"))
+    spec = parse_spec(path)
+    assert run_single_cell(spec, cell.id, out) == "done"
+    result = out / "cells" / cell.id / RESULT_FILE
+    decodings = {r[0] for r in rows(result, "SELECT DISTINCT decoding FROM metrics")}
+    assert decodings == {"", "greedy", "top_p=0.9"}
+    assert checkpoint.stat().st_mtime_ns == written  # evaluated again, not trained again
+
+
 def test_a_dead_holders_lock_is_taken_over(write, tmp_path) -> None:
     spec = parse_spec(write())
     cell = expand(spec)[0]
