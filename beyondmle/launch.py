@@ -226,9 +226,8 @@ def run_single_cell(
 def _run_locked(spec, cell, corpora, out_dir, cell_dir, retry_failed, verbosity) -> str:
     db = ResultsDB(cell_dir, WORK_FILE, wal=False)
     try:
-        run_id = (
-            f"cell-{cell.id}-{int(time.time())}-{uuid.uuid4().hex[:6]}"  # reruns may share a second
-        )
+        # Unique even for two runs of the cell in one second (a rerun that only re-evaluates).
+        run_id = f"cell-{cell.id}-{int(time.time())}-{uuid.uuid4().hex[:6]}"
         worker = worker_id(run_id)
         db.start_run(run_id, spec.path, spec.text, git_commit(), package_versions())
         preference = ["reward_model"] if spec.preferences else []
