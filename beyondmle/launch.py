@@ -123,6 +123,13 @@ def _evaluated(cell_dir: Path, steps: list[str]) -> bool:
     return all(step in finished for step in steps)
 
 
+def _evaluated_elsewise(cell_dir: Path, cell: Cell, spec: Spec) -> bool:
+    """Whether a cell's result file is finished but under other [evaluation] or [decoding]
+    settings than the spec's."""
+    status, _ = result_status(cell_dir)
+    return status == "done" and not _evaluated(cell_dir, evaluation_steps(cell, spec))
+
+
 def find_cell(spec: Spec, cell_id: str) -> Cell:
     cells = with_dependencies(expand(spec))
     for cell in cells:
@@ -200,7 +207,7 @@ def run_single_cell(
             train(cell, corpora[corpus_key(cell.corpus)], cell_dir, lambda: None, spec=spec)
         return "trained"
     status, _ = result_status(cell_dir)
-    if status == "done" and _evaluated(cell_dir, evaluation_steps(cell, spec)):
+    if status == "done" and not _evaluated_elsewise(cell_dir, cell, spec):
         return status
     if status == "failed" and not retry_failed:
         return status
@@ -572,7 +579,7 @@ def launch(
     summary = RunSummary(out_dir)
     db = ResultsDB(out_dir, wal=False)  # the driver alone writes it; DIR may be on NFS
     try:
-        run_id = f"driver-{int(time.time())}"
+        run_id = f"driver-{int(time.time())}-{uuid.uuid4().hex[:6]}"
         db.start_run(run_id, spec.path, spec.text, git_commit(), package_versions())
         preference = ["reward_model"] if spec.preferences else []
         db.record_metric_info(metric_info([*spec.evaluation.metrics, *preference]))
@@ -580,10 +587,14 @@ def launch(
             db.register_cell(
                 cell.id, cell.config, cell.corpus.name, cell.objective.label, cell.seed
             )
+            reopen_for_evaluation(cell, spec, db)
         index = {c.id: i for i, c in enumerate(cells, start=1)}
         for stage in stages(cells):
             todo = []
             for cell in stage:
+                if _evaluated_elsewise(out_dir / "cells" / cell.id, cell, spec):
+                    todo.append(cell)  # run-cell evaluates it again under these settings
+                    continue
                 _collect(db, out_dir, cell, summary, console, index[cell.id], quiet=True)
                 if cell.id not in summary.done and (retry_failed or cell.id not in summary.failed):
                     summary.failed.pop(cell.id, None)

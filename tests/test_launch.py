@@ -205,6 +205,17 @@ def test_the_local_launcher_runs_every_stage_and_merges_idempotently(write, tmp_
     assert main(["merge", str(out)]) == 0
     assert counts(out) == (done, metrics, 0)
 
+    # A new decoding grid: the finished cells are evaluated again, and the driver's database
+    # holds the new evaluation, not the old one.
+    spec_path = Path(spec.path)
+    spec_path.write_text(spec_path.read_text().replace("greedy = true", "temperature = [1.0]"))
+    regraded = launch(parse_spec(spec_path), out, "local", {"max_parallel": 2})
+    assert not regraded.failed and len(regraded.done) == 5
+    decodings = {
+        r[0] for r in rows(out / "results.sqlite", "SELECT DISTINCT decoding FROM metrics")
+    }
+    assert decodings == {"", "temperature=1"}
+
 
 def children(pid: int) -> list[int]:
     """The live child processes of `pid` (from /proc)."""
