@@ -139,7 +139,7 @@ def probe_evaluation(
     evaluation = spec.evaluation
     model = build_model(ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)).eval()
     batch = min(evaluation.batch_size, evaluation.num_samples)
-    prompts = torch.randint(4, model.config.vocab_size, (batch, evaluation.prompt_tokens))
+    prompts = torch.randint(4, corpus.tokenizer.vocab_size, (batch, evaluation.prompt_tokens))
     start = time.perf_counter()
     rows = generate(model, prompts, evaluation.continuation_tokens, DecodingConfig())
     seconds = (time.perf_counter() - start) * evaluation.num_samples / batch

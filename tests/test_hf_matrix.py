@@ -143,6 +143,15 @@ def test_a_trained_hugging_face_model_reloads_and_generates(hf_run) -> None:
             torch.testing.assert_close(exported(prompts).logits, model(prompts))
 
 
+def test_the_dry_run_plans_a_hugging_face_model(tmp_path: Path) -> None:
+    from beyondmle.plan import make_plan
+
+    spec = parse_spec(write_spec(tmp_path, "gpt2"))
+    plans = make_plan(spec, tmp_path / "out", report=lambda _: None)
+    assert plans and all(p.status == "new" and p.eval_seconds > 0 for p in plans)
+    assert not (tmp_path / "out").exists(), "a dry run wrote a results directory"
+
+
 def test_a_model_directory_without_weights_is_refused_before_training(tmp_path: Path) -> None:
     empty = tmp_path / "no-weights"
     save_tokenizer(empty)
