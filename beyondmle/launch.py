@@ -98,29 +98,28 @@ def _launched_with_ranks(key: str) -> bool:
 
 def result_status(cell_dir: Path) -> tuple[str | None, str | None]:
     """(status, error) of a cell's result file; (None, None) when it has none yet."""
-    path = cell_dir / RESULT_FILE
-    if not path.exists():
+    if not (cell_dir / RESULT_FILE).exists():
         return None, None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        row = conn.execute(
-            "SELECT status, error FROM cells WHERE id = ?", (cell_dir.name,)
-        ).fetchone()
-    finally:
-        conn.close()
-    return (row[0], row[1]) if row else (None, None)
+    rows = _result_rows(cell_dir, "SELECT status, error FROM cells WHERE id = ?")
+    return (rows[0][0], rows[0][1]) if rows else (None, None)
 
 
 def _evaluated(cell_dir: Path, steps: list[str]) -> bool:
     """Whether a cell's result file holds every evaluation step of the spec's current
     [evaluation] and [decoding] (changed settings name new steps, which run again)."""
+    finished = {
+        row[0] for row in _result_rows(cell_dir, "SELECT name FROM steps WHERE cell_id = ?")
+    }
+    return all(step in finished for step in steps)
+
+
+def _result_rows(cell_dir: Path, sql: str) -> list[tuple]:
+    """The rows of a query on the cell's own result file, read-only, the cell id bound."""
     conn = sqlite3.connect(f"file:{cell_dir / RESULT_FILE}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT name FROM steps WHERE cell_id = ?", (cell_dir.name,))
-        finished = {row[0] for row in rows}
+        return conn.execute(sql, (cell_dir.name,)).fetchall()
     finally:
         conn.close()
-    return all(step in finished for step in steps)
 
 
 def _evaluated_elsewise(cell_dir: Path, cell: Cell, spec: Spec) -> bool:
@@ -207,7 +206,7 @@ def run_single_cell(
             train(cell, corpora[corpus_key(cell.corpus)], cell_dir, lambda: None, spec=spec)
         return "trained"
     status, _ = result_status(cell_dir)
-    if status == "done" and not _evaluated_elsewise(cell_dir, cell, spec):
+    if status == "done" and _evaluated(cell_dir, evaluation_steps(cell, spec)):
         return status
     if status == "failed" and not retry_failed:
         return status

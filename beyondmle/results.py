@@ -351,20 +351,18 @@ class ResultsDB:
 
     def release(self, cell_id: str) -> None:
         """Give a claimed cell back unfinished (the runner was interrupted)."""
-        with self.transaction() as c:
-            c.execute(
-                "UPDATE cells SET status = 'pending', claimed_by = NULL, heartbeat = NULL "
-                "WHERE id = ? AND status = 'running'",
-                (cell_id,),
-            )
+        self._make_pending(cell_id, "running")
 
     def reopen(self, cell_id: str) -> None:
         """Make a finished cell pending again (its evaluation is to be redone)."""
+        self._make_pending(cell_id, "done")
+
+    def _make_pending(self, cell_id: str, status: str) -> None:
         with self.transaction() as c:
             c.execute(
                 "UPDATE cells SET status = 'pending', claimed_by = NULL, heartbeat = NULL "
-                "WHERE id = ? AND status = 'done'",
-                (cell_id,),
+                "WHERE id = ? AND status = ?",
+                (cell_id, status),
             )
 
     def finish_cell(self, cell_id: str, run_id: str, train_seconds: float | None) -> None:
