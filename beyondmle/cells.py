@@ -6,7 +6,10 @@ A cell's id is a hash of its resolved configuration, so re-running a spec finds 
 In the fine-tuning regime (`[regime] kind = "finetune"`) a shared MLE base is its own cell
 (`role = "base"`): trained once per corpus and model (or once per seed), evaluated like any
 cell, resumable and shardable. Every objective, MLE included as the control, then fine-tunes
-from it; a fine-tuning cell's id includes its base's, so a new base makes new cells.
+from it; a fine-tuning cell's id includes its base's, so a new base makes new cells. With
+`[regime] base = "pretrained"` the base cell (`role = "pretrained"`) is the loaded pretrained
+model as it is: it trains nothing, and its id holds no training settings, so changing how the
+objectives fine-tune never evaluates the pretrained model again.
 
 With a `[[preferences]]` table, a reward model is a cell too (`role = "reward"`): trained once
 per corpus, reference (the base), preference source and seed, from pairs its source draws.
@@ -28,6 +31,7 @@ from beyondmle.spec import CorpusSpec, ObjectiveVariant, Spec
 from beyondmle.training import TrainingConfig
 
 BASE_LABEL = "mle-base"
+PRETRAINED_LABEL = "pretrained"
 REWARD_LABEL = "reward-model"
 
 
@@ -39,7 +43,9 @@ class Cell:
     objective: ObjectiveVariant
     seed: int
     base: Cell | None = None  # the cell whose model this one fine-tunes
-    role: str = "train"  # "base": a shared MLE base; "reward": a reward model
+    # "base": a shared MLE base; "pretrained": a loaded model, untrained here; "reward": a
+    # reward model
+    role: str = "train"
     reward: Cell | None = None  # the reward model cell this one learns from
     # The reward model that scores this cell at evaluation; not part of what it trains.
     scorer: Cell | None = field(default=None, compare=False)
@@ -61,7 +67,8 @@ class Cell:
                 for k, v in asdict(model).items()
                 if k != "vocab_size" and not (k in ("hf", "gguf") and v is None)
             },
-            "training": asdict(self.training),
+            # a pretrained base trains nothing: [training] does not make it another cell
+            "training": None if self.role == "pretrained" else asdict(self.training),
             "objective": {"name": self.objective.name, "settings": self.objective.settings},
             "seed": self.seed,
         }
@@ -86,9 +93,14 @@ class Cell:
 
 
 def base_cell(spec: Spec, corpus: CorpusSpec, seed: int) -> Cell:
-    """The shared MLE base of `corpus` (for `seed`, when there is one base per seed)."""
+    """The shared MLE base of `corpus` (for `seed`, when there is one base per seed), or the
+    pretrained model as loaded (`[regime] base = "pretrained"`), which keeps `[training]` only
+    for the device it is evaluated on."""
     settings = dataclasses.asdict(get_objective("mle").Settings())
     base_seed = seed if spec.regime.base_per_seed else spec.regime.base_seed
+    if spec.regime.base == "pretrained":
+        variant = ObjectiveVariant("mle", settings, PRETRAINED_LABEL)
+        return Cell(corpus, spec.model, spec.training, variant, base_seed, role="pretrained")
     mle = ObjectiveVariant("mle", settings, BASE_LABEL)
     return Cell(corpus, spec.model, spec.base_training, mle, base_seed, role="base")
 

@@ -197,6 +197,13 @@ def make_plan(
         if cell.role == "reward":
             plans.append(reward_plan(spec, cell, corpus, status, probes, report))
             continue
+        key = repr((cell.corpus, cell.model))
+        if key not in evals:
+            evals[key] = probe_evaluation(spec, cell, corpus, console)
+        if cell.role == "pretrained":  # evaluated as loaded, trained nothing
+            status_ = status.get(cell.id, "new")
+            plans.append(CellPlan(cell, status_, 0, 0, 0.0, 0.0, evals[key] * len(spec.decodings)))
+            continue
         variant = repr((cell.corpus, cell.model, cell.training, cell.objective))
         precision = choose_precision(cell.training.precision, cell.training.accelerator)
         if variant not in probes:
@@ -206,9 +213,6 @@ def make_plan(
                 model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)
                 resources = stand_in_resources(model_config, spec)
             probes[variant] = probe_training(cell, corpus, precision.precision, resources)
-        key = repr((cell.corpus, cell.model))
-        if key not in evals:
-            evals[key] = probe_evaluation(spec, cell, corpus, console)
         probe = probes[variant]
         block = cell.model.get("block_size", ModelConfig.block_size)
         steps = cell.training.total_steps(block)

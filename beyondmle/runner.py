@@ -30,6 +30,7 @@ import torch
 from beyondmle.api import (
     Corpus,
     ObjectiveDiverged,
+    Resources,
     fingerprint,
     get_metric,
     get_preference_source,
@@ -61,7 +62,14 @@ from beyondmle.reward import (
 )
 from beyondmle.spec import CorpusSpec, Spec
 from beyondmle.tokenization import PretrainedTokenizer
-from beyondmle.training import ObjectiveModule, Probe, ProgressLog, build_trainer, load_model
+from beyondmle.training import (
+    ObjectiveModule,
+    Probe,
+    ProgressLog,
+    build_trainer,
+    load_model,
+    save_weights,
+)
 
 PACKAGES = (
     "beyondmle",
@@ -427,34 +435,29 @@ def run_cell(
     if not db.step_done(cell.id, "train"):
         start = time.monotonic()
         choice = choose_precision(cell.training.precision, cell.training.accelerator)
-        db.record_provenance(
-            cell.id,
-            {
-                "precision": choice.precision,
-                "precision_reason": choice.reason,
-                "cpu": describe_cpu(),
-            },
-        )
-        compute = train(
-            cell,
-            corpus,
-            cell_dir,
-            lambda: db.heartbeat(cell.id, worker),
-            console,
-            index,
-            choice.precision,
-            spec,
-        )
+        provenance = {"cpu": describe_cpu()}
+        if cell.role != "pretrained":  # the precision it trained in
+            provenance |= {"precision": choice.precision, "precision_reason": choice.reason}
+        db.record_provenance(cell.id, provenance)
+        artifacts = {("", "checkpoint"): f"cells/{cell.id}/model.ckpt"}
+        if cell.role == "pretrained":  # its pretraining's compute is not this benchmark's
+            keep_pretrained(cell, corpus, cell_dir)
+            compute = None
+        else:
+            compute = train(
+                cell,
+                corpus,
+                cell_dir,
+                lambda: db.heartbeat(cell.id, worker),
+                console,
+                index,
+                choice.precision,
+                spec,
+            )
+            artifacts[("", "train_log")] = f"cells/{cell.id}/logs/metrics.csv"
         train_seconds = time.monotonic() - start
         db.record_step(
-            cell.id,
-            "train",
-            artifacts={
-                ("", "checkpoint"): f"cells/{cell.id}/model.ckpt",
-                ("", "train_log"): f"cells/{cell.id}/logs/metrics.csv",
-            },
-            train_seconds=train_seconds,
-            compute=compute,
+            cell.id, "train", artifacts=artifacts, train_seconds=train_seconds, compute=compute
         )
     model, tokenizer, _ = load_model(cell_dir / "model.ckpt")
     if isinstance(model, HFCausalLM) and not (cell_dir / "hf" / "config.json").exists():
@@ -557,6 +560,37 @@ def run_reward_cell(
     return seconds
 
 
+def objective_module(
+    cell: Cell,
+    corpus: Corpus,
+    init: str | None = None,
+    resources: Resources | None = None,
+    probe: Probe | None = None,
+) -> ObjectiveModule:
+    """The LightningModule of a cell: its model (from `init` when it fine-tunes) under its
+    objective, with the corpus's tokenizer."""
+    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)
+    return ObjectiveModule(
+        model_config=asdict(model_config),
+        objective=cell.objective.name,
+        objective_settings=cell.objective.settings,
+        training=asdict(cell.training),
+        special=asdict(corpus.tokenizer.special),
+        corpus=cell.config["corpus"],
+        tokenizer_json=corpus.tokenizer.to_json(),
+        seed=cell.seed,
+        init_checkpoint=init,
+        resources=resources,
+        probe=probe,
+    )
+
+
+def keep_pretrained(cell: Cell, corpus: Corpus, cell_dir: Path) -> None:
+    """A pretrained base cell's "training": the model as loaded, written as `model.ckpt` in
+    the form training writes, so it is evaluated and fine-tuned from like a trained base."""
+    save_weights(objective_module(cell, corpus), cell_dir / "model.ckpt")
+
+
 def train(
     cell: Cell,
     corpus: Corpus,
@@ -595,19 +629,7 @@ def train(
             settings.probe_every_steps,
             seed=derive_seed(0, "probe"),
         )
-    module = ObjectiveModule(
-        model_config=asdict(model_config),
-        objective=cell.objective.name,
-        objective_settings=cell.objective.settings,
-        training=asdict(cell.training),
-        special=asdict(corpus.tokenizer.special),
-        corpus=cell.config["corpus"],
-        tokenizer_json=corpus.tokenizer.to_json(),
-        seed=cell.seed,
-        init_checkpoint=init,
-        resources=resources,
-        probe=probe,
-    )
+    module = objective_module(cell, corpus, init, resources, probe)
     data = LanguageDataModule(
         corpus,
         model_config.block_size,

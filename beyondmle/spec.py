@@ -109,6 +109,7 @@ class PreferenceSpec:
 
 
 REGIMES = ("from_scratch", "finetune")
+BASES = ("trained", "pretrained")
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,14 @@ class Regime(Settings):
     `finetune`: a shared MLE base (its training in `[base]`) is trained once per corpus and
     model, or once per seed (`base_per_seed`), and every objective, MLE included as the
     control, fine-tunes from it under `[training]`. With one base (`base_seed`) the intervals
-    cover the fine-tuning seeds only; with one per seed, the base's seed too."""
+    cover the fine-tuning seeds only; with one per seed, the base's seed too.
+
+    `base = "pretrained"`: the base is a pretrained `[model]` (`hf` or `gguf`) as it is loaded,
+    trained no further (no `[base]` table). Its cell is evaluated like any other, which gives
+    the "before fine-tuning" figures beside each objective's "after"."""
 
     kind: str = setting("from_scratch", choices=REGIMES)
+    base: str = setting("trained", choices=BASES)
     base_per_seed: bool = False
     base_seed: int = 0
 
@@ -253,10 +259,14 @@ def _model(data: dict, issues: list[SpecIssue]) -> dict:
     return table
 
 
-def _regime(data: dict, issues: list[SpecIssue]) -> tuple[Regime, TrainingConfig | None]:
+def _regime(
+    data: dict, model: dict, issues: list[SpecIssue]
+) -> tuple[Regime, TrainingConfig | None]:
     regime = _build(Regime, _table(data, "regime", issues), "regime", issues) or Regime()
     base = None
-    if regime.kind == "finetune":
+    if regime.base == "pretrained":
+        issues += _pretrained_base_issues(data, regime, model)
+    elif regime.kind == "finetune":
         if "base" not in data:
             issues.append(
                 SpecIssue("[base]", "a table: the MLE base's [training] (regime finetune)")
@@ -265,6 +275,23 @@ def _regime(data: dict, issues: list[SpecIssue]) -> tuple[Regime, TrainingConfig
     elif "base" in data:
         issues.append(SpecIssue("[base]", "no table unless [regime] kind = 'finetune'"))
     return regime, base
+
+
+def _pretrained_base_issues(data: dict, regime: Regime, model: dict) -> list[SpecIssue]:
+    """`base = "pretrained"` fine-tunes a loaded model: it needs one, and trains no base."""
+    issues = []
+    if regime.kind != "finetune":
+        issues.append(SpecIssue("regime.base", "'trained' unless kind = 'finetune'", "pretrained"))
+    if model.get("hf") is None and model.get("gguf") is None:
+        expected = "a pretrained model (model.hf or model.gguf) for [regime] base = 'pretrained'"
+        issues.append(SpecIssue("model.hf", expected))
+    if "base" in data:
+        issues.append(SpecIssue("[base]", "no table: [regime] base = 'pretrained' trains no base"))
+    if regime.base_per_seed:
+        issues.append(
+            SpecIssue("regime.base_per_seed", "false: one pretrained model serves every seed", True)
+        )
+    return issues
 
 
 def _objective_corpora(
@@ -482,7 +509,7 @@ def parse_spec(path: str | Path) -> Spec:
     model = _model(data, issues)
     training = _build(TrainingConfig, _table(data, "training", issues), "training", issues)
     evaluation = _build(EvaluationConfig, _table(data, "evaluation", issues), "evaluation", issues)
-    regime, base_training = _regime(data, issues)
+    regime, base_training = _regime(data, model, issues)
     objectives = _objectives(
         data, issues, finetune=regime.kind == "finetune", corpus_names=[c.name for c in corpora]
     )

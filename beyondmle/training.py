@@ -491,6 +491,18 @@ def safe_load(path: str | Path, map_location="cpu") -> dict:
         ) from None
 
 
+def save_weights(module: ObjectiveModule, path: str | Path) -> None:
+    """A module's weights, hyperparameters and tokenizer, as `trainer.save_checkpoint(...,
+    weights_only=True)` writes them, without a Trainer: for a model saved untrained."""
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
+    module.on_save_checkpoint(checkpoint)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary sibling and renamed into place, so a run killed
     mid-save leaves the previous checkpoint whole and the cell can still resume. They are

@@ -38,7 +38,8 @@ def find_baseline(cells: pd.DataFrame) -> str | None:
 
 
 def cell_role(config_json: str) -> str:
-    """A cell's role: "train", "base" (a shared MLE base) or "reward" (a reward model)."""
+    """A cell's role: "train", "base" (a shared MLE base), "pretrained" (a loaded model as it
+    is, the base of fine-tuning) or "reward" (a reward model)."""
     try:
         return json.loads(config_json).get("role", "train")
     except (TypeError, ValueError, AttributeError):
@@ -217,6 +218,13 @@ def regime_note(cells: pd.DataFrame) -> str | None:
     if not bases:
         return None
     ids = {b for b, _, _ in bases.values()}
+    roles = {cell_role(row.config) for row in cells.itertuples() if row.id in ids}
+    if roles == {"pretrained"}:
+        return (
+            f"Every objective fine-tunes one pretrained model (cell {', '.join(sorted(ids))}), "
+            "evaluated as loaded, before any fine-tuning: the intervals cover the fine-tuning "
+            "seeds only."
+        )
     per_seed = all(base_seed == seed for _, base_seed, seed in bases.values()) and len(ids) > 1
     if per_seed:
         return (

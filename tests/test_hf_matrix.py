@@ -222,6 +222,59 @@ def test_evaluate_scores_a_trained_cell_from_its_checkpoint(hf_run, capsys) -> N
     assert rows["ppl_test"] == pytest.approx(stored, rel=1e-6)
 
 
+def pretrained_base_spec(tmp: Path, training: str = "budget_tokens = 1_536") -> Path:
+    """The tiny GPT-2 fine-tuned under MLE and unlikelihood from itself as loaded."""
+    text = write_spec(tmp, "gpt2").read_text().replace("budget_tokens = 1_536", training)
+    start, end = text.index("[[objective]]"), text.index("[decoding]")
+    objectives = (
+        '[[objective]]\nname = "mle"\n\n'
+        '[[objective]]\nname = "unlikelihood"\nprefix_len = 8\ncontinuation_len = 8\n\n'
+    )
+    regime = '[regime]\nkind = "finetune"\nbase = "pretrained"\n\n'
+    (tmp / "spec.toml").write_text(text[:start] + regime + objectives + text[end:])
+    return tmp / "spec.toml"
+
+
+def test_a_pretrained_base_is_evaluated_as_loaded_and_fine_tuned_from(tmp_path: Path) -> None:
+    spec = parse_spec(pretrained_base_spec(tmp_path))
+    cells = expand(spec)
+    assert [c.role for c in cells] == ["pretrained", "train", "train"]
+    assert all(c.base == cells[0] for c in cells[1:])
+    summary = run_spec(spec, tmp_path / "out")
+    assert not summary.failed, summary.failed
+    cell_dir = tmp_path / "out" / "cells" / cells[0].id
+    assert not (cell_dir / "logs").exists(), "the pretrained base trained"
+    base, _, _ = load_model(cell_dir / "model.ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2-model").state_dict()
+    kept = base.hf.state_dict()
+    assert kept.keys() == loaded.keys()  # the embeddings grown by the corpus's special tokens
+    assert all(torch.equal(kept[k][: len(loaded[k])], loaded[k]) for k in loaded)
+    with sqlite3.connect(tmp_path / "out" / "results.sqlite") as db:
+        rows = db.execute("SELECT cell_id, metric, value FROM metrics WHERE decoding = ''")
+        ppl = {c: v for c, m, v in rows if m == "ppl_test"}
+        computed = dict(db.execute("SELECT cell_id, COUNT(*) FROM cell_compute GROUP BY cell_id"))
+    assert set(ppl) == {c.id for c in cells}  # before fine-tuning, and after under each
+    assert len({round(v, 6) for v in ppl.values()}) == 3
+    assert cells[0].id not in computed and {c.id for c in cells[1:]} <= computed.keys()
+
+
+def test_a_pretrained_base_keeps_its_id_when_the_fine_tuning_changes(tmp_path: Path) -> None:
+    first = expand(parse_spec(pretrained_base_spec(tmp_path)))
+    second = expand(parse_spec(pretrained_base_spec(tmp_path, "budget_tokens = 3_072")))
+    assert first[0].id == second[0].id
+    assert not {c.id for c in first[1:]} & {c.id for c in second[1:]}
+
+
+def test_the_dry_run_plans_no_training_for_a_pretrained_base(tmp_path: Path) -> None:
+    from beyondmle.plan import make_plan
+
+    plans = make_plan(parse_spec(pretrained_base_spec(tmp_path)), tmp_path / "out", report=print)
+    assert [p.cell.role for p in plans] == ["pretrained", "train", "train"]
+    assert (plans[0].steps, plans[0].flops, plans[0].train_seconds) == (0, 0.0, 0.0)
+    assert all(p.steps > 0 and p.flops > 0 for p in plans[1:])
+    assert all(p.eval_seconds > 0 for p in plans)
+
+
 def test_cells_of_the_shared_gpt_keep_their_ids_and_evaluation_steps() -> None:
     """Ids and step names computed before `[model] hf` existed (commit 1f75074) stay valid, so
     upgrading never retrains or re-evaluates a finished cell."""

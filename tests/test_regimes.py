@@ -154,3 +154,48 @@ def test_a_flops_budget_stops_every_objective_at_the_same_compute(write, tmp_pat
 def test_a_flops_budget_needs_its_number(write):
     with pytest.raises(SpecError, match="budget_flops: expected a number of FLOPs"):
         parse_spec(write(training='budget = "flops"'))
+
+
+PRETRAINED = '[regime]\nkind = "finetune"\nbase = "pretrained"'
+
+
+def test_a_pretrained_base_needs_a_pretrained_model(write):
+    with pytest.raises(SpecError, match=r"model\.hf: expected a pretrained model"):
+        parse_spec(write(PRETRAINED))
+
+
+def test_a_pretrained_base_trains_no_base_table_and_serves_every_seed(write):
+    with pytest.raises(SpecError) as error:
+        parse_spec(write(PRETRAINED + "\nbase_per_seed = true\n[base]\nbudget_tokens = 10"))
+    assert r"[base]: expected no table: [regime] base = 'pretrained'" in str(error.value)
+    assert "regime.base_per_seed: expected false" in str(error.value)
+
+
+def test_a_pretrained_base_is_only_for_fine_tuning(write):
+    with pytest.raises(SpecError, match=r"regime\.base: expected 'trained' unless kind"):
+        parse_spec(write('[regime]\nbase = "pretrained"'))
+
+
+def test_the_regime_note_names_a_pretrained_base_evaluated_as_loaded():
+    import json
+
+    import pandas as pd
+
+    from reports.analysis import regime_note
+
+    base = {"id": "b", "seed": 0}
+    cells = pd.DataFrame(
+        {
+            "id": ["b", "f0", "f1"],
+            "seed": [0, 0, 1],
+            "config": [
+                json.dumps({"role": "pretrained"}),
+                json.dumps({"base": base}),
+                json.dumps({"base": base}),
+            ],
+        }
+    )
+    note = regime_note(cells)
+    assert "pretrained model (cell b), evaluated as loaded" in note
+    cells.loc[0, "config"] = json.dumps({"role": "base"})
+    assert "one shared MLE base (cell b)" in regime_note(cells)
