@@ -5,12 +5,12 @@ and per cell the training steps, tokens and FLOPs, and an estimated time. The es
 from a short probe on this machine: each distinct objective variant trains a few real steps
 (the real objective, model size, batch and precision) at three points of its budget — early,
 middle and late, so warm starts and late phases such as sequence-level unlikelihood are seen —
-and one batch of evaluation prompts is generated, featurized and scored with MAUVE where the
-spec asks for it. Seeds share their variant's probe. An objective that learns from preferences
-is probed with stand-ins of the same size for its reference, reward model and pairs (the real
-ones do not exist before the run); a reward model's cell is estimated from its pairs: two
-samples per pair, and Bradley-Terry steps as forward-backward passes over both sides. Nothing is
-written to the results directory.
+one batch of perplexity windows is scored, and one batch of evaluation prompts is generated,
+featurized and scored with MAUVE where the spec asks for it. Seeds share their variant's probe.
+An objective that learns from preferences is probed with stand-ins of the same size for its
+reference, reward model and pairs (the real ones do not exist before the run); a reward model's
+cell is estimated from its pairs: two samples per pair, and Bradley-Terry steps as
+forward-backward passes over both sides. Nothing is written to the results directory.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 
 from beyondmle.api import (
     DEFAULT_FEATURIZER,
+    CausalLM,
     Corpus,
     PreferencePairs,
     Resources,
@@ -39,7 +40,9 @@ from beyondmle.console import RunConsole, captured_stderr
 from beyondmle.data import LanguageDataModule
 from beyondmle.decoding import DecodingConfig, generate
 from beyondmle.hf_model import build_model
+from beyondmle.metrics.builtin import LIKELIHOOD_BATCH
 from beyondmle.metrics.distributional import mauve
+from beyondmle.metrics.likelihood import score_stream, sliding_windows
 from beyondmle.model import ModelConfig
 from beyondmle.precision import choose_precision, describe_cpu
 from beyondmle.reward import reward_model_from
@@ -132,12 +135,46 @@ def probe_training(
     return Probe(float(np.mean(times)), float(np.mean(flops)))
 
 
+def probe_likelihood(spec: Spec, corpus: Corpus, model: CausalLM) -> float:
+    """Seconds of the metrics of the model itself, paid once per cell: the sliding-window pass
+    over each perplexity split (the test split's also serves rep / wrep), timed on one batch of
+    windows, and the references' NLL under their prompts."""
+    e = spec.evaluation
+    block = model.info.context_length
+    stride = e.eval_stride or max(1, block // 2)
+    splits = set(e.perplexity_splits) if "perplexity" in e.metrics else set()
+    if "repetition" in e.metrics:
+        splits.add("test")
+    windows = sum(
+        len(sliding_windows(len(corpus.stream(split)), block, stride)) for split in splits
+    )
+    positions = windows * block
+    if "continuation" in e.metrics:
+        positions += e.num_samples * (e.prompt_tokens + e.continuation_tokens)
+    if not positions:
+        return 0.0
+    tokens = torch.randint(4, corpus.tokenizer.vocab_size, (LIKELIHOOD_BATCH * block + 1,))
+    start = time.perf_counter()
+    score_stream(model, tokens, block, stride=block, batch_size=LIKELIHOOD_BATCH, predictions=True)
+    return (time.perf_counter() - start) * positions / (LIKELIHOOD_BATCH * block)
+
+
 def probe_evaluation(
     spec: Spec, cell: Cell, corpus: Corpus, console: RunConsole | None = None
 ) -> float:
+    """Seconds to evaluate a cell: the model's own metrics once (`probe_likelihood`), then for
+    each decoding its continuations generated, featurized and scored."""
+    model = build_model(ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)).eval()
+    return probe_likelihood(spec, corpus, model) + len(spec.decodings) * probe_decoding(
+        spec, corpus, model, console
+    )
+
+
+def probe_decoding(
+    spec: Spec, corpus: Corpus, model: CausalLM, console: RunConsole | None = None
+) -> float:
     """Seconds to generate, featurize and score one decoding's continuations."""
     evaluation = spec.evaluation
-    model = build_model(ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **cell.model)).eval()
     batch = min(evaluation.batch_size, evaluation.num_samples)
     prompts = torch.randint(4, corpus.tokenizer.vocab_size, (batch, evaluation.prompt_tokens))
     start = time.perf_counter()
@@ -202,7 +239,7 @@ def make_plan(
             evals[key] = probe_evaluation(spec, cell, corpus, console)
         if cell.role == "pretrained":  # evaluated as loaded, trained nothing
             status_ = status.get(cell.id, "new")
-            plans.append(CellPlan(cell, status_, 0, 0, 0.0, 0.0, evals[key] * len(spec.decodings)))
+            plans.append(CellPlan(cell, status_, 0, 0, 0.0, 0.0, evals[key]))
             continue
         variant = repr((cell.corpus, cell.model, cell.training, cell.objective))
         precision = choose_precision(cell.training.precision, cell.training.accelerator)
@@ -227,7 +264,7 @@ def make_plan(
                 tokens,
                 probe.flops_per_step * steps,
                 probe.seconds_per_step * steps,
-                evals[key] * len(spec.decodings),
+                evals[key],
             )
         )
     return plans

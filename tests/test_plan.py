@@ -84,3 +84,34 @@ def test_the_plan_shows_what_is_already_done(spec_path, tmp_path, capsys) -> Non
     assert printed.count(" done ") == 2
     assert "estimated time for the 0 cells to run" in printed
     assert (out / "results.sqlite").read_bytes() == before
+
+
+def test_the_evaluation_estimate_scales_one_batch_of_windows_to_every_perplexity_split(
+    spec_path, monkeypatch
+) -> None:
+    """Each timed stretch reads as one second, so the estimate is the number of positions the
+    perplexity pass scores over the timed batch's: windows of 32 advancing by the default
+    stride 16 over valid and test, counted here by hand."""
+    import itertools
+    import math
+    from dataclasses import replace
+
+    import beyondmle.plan as plan
+    from beyondmle.hf_model import build_model
+    from beyondmle.metrics.builtin import LIKELIHOOD_BATCH
+    from beyondmle.model import ModelConfig
+    from beyondmle.runner import load_corpora
+
+    spec = parse_spec(spec_path)
+    (corpus,) = load_corpora(spec).values()
+    model = build_model(ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **spec.model))
+    clock = itertools.count()
+    monkeypatch.setattr(plan.time, "perf_counter", lambda: float(next(clock)))
+    windows = 0
+    for split in ("valid", "test"):
+        n = len(corpus.stream(split))  # window k holds tokens 16k .. 16k + 32; the last, n - 1
+        windows += 1 + max(0, math.ceil((n - 33) / 16))
+    expected = windows * 32 / (LIKELIHOOD_BATCH * 32)
+    assert plan.probe_likelihood(spec, corpus, model) == pytest.approx(expected)
+    no_likelihood = replace(spec, evaluation=replace(spec.evaluation, metrics=["distinct"]))
+    assert plan.probe_likelihood(no_likelihood, corpus, model) == 0.0

@@ -48,7 +48,7 @@ class Likelihood:
         return None if not self.bytes else self.nll / (math.log(2) * self.bytes)
 
 
-def _windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+def sliding_windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
     """(start, end, first scored position) of each window; targets are positions 1..n-1."""
     out, scored_to, start = [], 1, 0
     while scored_to < n:
@@ -122,7 +122,7 @@ def score_stream(
     model.eval()
     device = next(model.parameters()).device
     nll, scored, argmax = 0.0, 0, []
-    windows = _windows(n, block_size, stride)
+    windows = sliding_windows(n, block_size, stride)
     for i in range(0, len(windows), batch_size):
         group = windows[i : i + batch_size]
         width = max(end - start for start, end, _ in group)
