@@ -40,9 +40,8 @@ from beyondmle.console import RunConsole, captured_stderr
 from beyondmle.data import LanguageDataModule
 from beyondmle.decoding import DecodingConfig, generate
 from beyondmle.hf_model import build_model
-from beyondmle.metrics.builtin import LIKELIHOOD_BATCH
 from beyondmle.metrics.distributional import mauve
-from beyondmle.metrics.likelihood import score_stream, sliding_windows
+from beyondmle.metrics.likelihood import LIKELIHOOD_BATCH, score_stream, sliding_windows
 from beyondmle.model import ModelConfig
 from beyondmle.precision import choose_precision, describe_cpu
 from beyondmle.reward import reward_model_from

@@ -98,7 +98,7 @@ def test_the_evaluation_estimate_scales_one_batch_of_windows_to_every_perplexity
 
     import beyondmle.plan as plan
     from beyondmle.hf_model import build_model
-    from beyondmle.metrics.builtin import LIKELIHOOD_BATCH
+    from beyondmle.metrics.likelihood import LIKELIHOOD_BATCH
     from beyondmle.model import ModelConfig
     from beyondmle.runner import load_corpora
 

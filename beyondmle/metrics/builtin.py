@@ -14,7 +14,12 @@ from beyondmle.api.corpus import CHARACTER_LANGUAGES
 from beyondmle.api.metric import EvalInputs, MetricValue, Output, register_metric
 from beyondmle.metrics.distributional import fed, mauve
 from beyondmle.metrics.diversity import distinct_n, ngram_entropy, self_bleu, zipf_coefficient
-from beyondmle.metrics.likelihood import StreamScores, continuation_scores, score_stream
+from beyondmle.metrics.likelihood import (
+    LIKELIHOOD_BATCH,
+    StreamScores,
+    continuation_scores,
+    score_stream,
+)
 from beyondmle.metrics.repetition import next_token_repetition, seq_rep_n, seq_rep_values
 from beyondmle.metrics.resampling import (
     distinct_replicates,
@@ -24,9 +29,6 @@ from beyondmle.metrics.resampling import (
     zipf_replicates,
 )
 
-# Teacher-forced passes materialise (batch, T, V) logits; small batches keep them in cache,
-# which on CPU was ~4x faster than 64 windows at a time (PTB, 10k vocabulary).
-LIKELIHOOD_BATCH = 8
 # What changes a metric computed on the generated token lists alone.
 SAMPLE_SETTINGS = ("tokenizer", "num_samples", "continuation_tokens")
 
