@@ -587,7 +587,9 @@ def objective_module(
 
 def keep_pretrained(cell: Cell, corpus: Corpus, cell_dir: Path) -> None:
     """A pretrained base cell's "training": the model as loaded, written as `model.ckpt` in
-    the form training writes, so it is evaluated and fine-tuned from like a trained base."""
+    the form training writes, so it is evaluated and fine-tuned from like a trained base. The
+    seed fixes the rows the embeddings grow by for the corpus's special tokens."""
+    torch.manual_seed(derive_seed(cell.seed, "model-init"))
     save_weights(objective_module(cell, corpus), cell_dir / "model.ckpt")
 
 

@@ -258,6 +258,20 @@ def test_a_pretrained_base_is_evaluated_as_loaded_and_fine_tuned_from(tmp_path: 
     assert cells[0].id not in computed and {c.id for c in cells[1:]} <= computed.keys()
 
 
+def test_a_pretrained_base_grows_the_same_embedding_rows_on_every_run(tmp_path: Path) -> None:
+    from beyondmle.runner import keep_pretrained, load_corpora
+
+    spec = parse_spec(pretrained_base_spec(tmp_path))
+    base = expand(spec)[0]
+    (corpus,) = load_corpora(spec).values()
+    saved = []
+    for unrelated_seed in (1, 2):  # whatever drew from the global generator before
+        torch.manual_seed(unrelated_seed)
+        keep_pretrained(base, corpus, tmp_path / str(unrelated_seed))
+        saved.append(load_model(tmp_path / str(unrelated_seed) / "model.ckpt")[0].state_dict())
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
+
+
 def test_a_pretrained_base_keeps_its_id_when_the_fine_tuning_changes(tmp_path: Path) -> None:
     first = expand(parse_spec(pretrained_base_spec(tmp_path)))
     second = expand(parse_spec(pretrained_base_spec(tmp_path, "budget_tokens = 3_072")))
