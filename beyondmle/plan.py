@@ -237,8 +237,7 @@ def make_plan(
         if key not in evals:
             evals[key] = probe_evaluation(spec, cell, corpus, console)
         if cell.role == "pretrained":  # evaluated as loaded, trained nothing
-            status_ = status.get(cell.id, "new")
-            plans.append(CellPlan(cell, status_, 0, 0, 0.0, 0.0, evals[key]))
+            plans.append(CellPlan(cell, status.get(cell.id, "new"), 0, 0, 0.0, 0.0, evals[key]))
             continue
         variant = repr((cell.corpus, cell.model, cell.training, cell.objective))
         precision = choose_precision(cell.training.precision, cell.training.accelerator)

@@ -434,16 +434,21 @@ def run_cell(
         )
     if not db.step_done(cell.id, "train"):
         start = time.monotonic()
-        choice = choose_precision(cell.training.precision, cell.training.accelerator)
-        provenance = {"cpu": describe_cpu()}
-        if cell.role != "pretrained":  # the precision it trained in
-            provenance |= {"precision": choice.precision, "precision_reason": choice.reason}
-        db.record_provenance(cell.id, provenance)
         artifacts = {("", "checkpoint"): f"cells/{cell.id}/model.ckpt"}
         if cell.role == "pretrained":  # its pretraining's compute is not this benchmark's
+            db.record_provenance(cell.id, {"cpu": describe_cpu()})
             keep_pretrained(cell, corpus, cell_dir)
             compute = None
         else:
+            choice = choose_precision(cell.training.precision, cell.training.accelerator)
+            db.record_provenance(
+                cell.id,
+                {
+                    "precision": choice.precision,
+                    "precision_reason": choice.reason,
+                    "cpu": describe_cpu(),
+                },
+            )
             compute = train(
                 cell,
                 corpus,

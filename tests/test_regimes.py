@@ -181,7 +181,7 @@ def test_the_regime_note_names_a_pretrained_base_evaluated_as_loaded():
 
     import pandas as pd
 
-    from reports.analysis import regime_note
+    from beyondmle.reports.analysis import regime_note
 
     base = {"id": "b", "seed": 0}
     cells = pd.DataFrame(
